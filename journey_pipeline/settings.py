@@ -39,6 +39,12 @@ class Settings:
     kafka_group_id: str = "journey-observe"
     postgres_dsn: str | None = None
     redis_url: str | None = None
+    crm_kind: str = "local"  # local | webhook | hubspot
+    crm_webhook_url: str | None = None
+    crm_webhook_secret: str | None = None
+    hubspot_access_token: str | None = None
+    hubspot_base_url: str | None = None
+    outbox_url: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     # Embedded stores, all under JOURNEY_HOME.
@@ -125,4 +131,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_group_id=env.get("JOURNEY_KAFKA_GROUP", "journey-observe"),
         postgres_dsn=env.get("JOURNEY_POSTGRES_DSN"),
         redis_url=env.get("JOURNEY_REDIS_URL"),
+        crm_kind=env.get("JOURNEY_CRM", "local"),
+        crm_webhook_url=env.get("JOURNEY_CRM_WEBHOOK_URL"),
+        crm_webhook_secret=env.get("JOURNEY_CRM_WEBHOOK_SECRET"),
+        hubspot_access_token=env.get("JOURNEY_HUBSPOT_TOKEN"),
+        hubspot_base_url=env.get("JOURNEY_HUBSPOT_BASE_URL"),
+        outbox_url=env.get("JOURNEY_OUTBOX_URL"),
     )
