@@ -1,0 +1,505 @@
+"""Training the reward models and the bandit from a training frame, with honest validation.
+
+Training frame (the decision log joined with outcomes, features as of each decision):
+``decision_id, contact_id, decided_at, action, propensity, reward, converted`` plus the
+feature columns (MODEL_FEATURES by default).
+
+Validation is by time: models are fitted on the earlier decisions and judged on the latest
+window (default the last 7 days), as they will be used. Reported:
+
+- per action a LightGBM conversion classifier: AUC, log loss and expected calibration error
+  (ECE), pooled over actions (``auc``, ``log_loss``, ``ece``) and per action;
+- per action a LightGBM margin regressor: RMSE (``margin_rmse``);
+- the bandit policy's off-policy value on the validation window (SNIPS with a 95% interval:
+  ``ope_value``, ``ope_ci_low``, ``ope_ci_high``), the logging policy's realised value, and,
+  when a champion is given, the champion's value on the same window for a fair comparison.
+
+The deployable bandit is then refitted on all rows (the latest data matters most).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from journey_pipeline.actions import ACTION_NAMES
+from journey_pipeline.decide.bandit import ContextualBandit
+from journey_pipeline.features.contract import MODEL_FEATURES
+
+TRAINING_COLUMNS = [
+    "decision_id",
+    "contact_id",
+    "decided_at",
+    "action",
+    "propensity",
+    "reward",
+    "converted",
+]
+
+CLASSIFIER_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 30,
+    "lambda_l2": 1.0,
+    "verbosity": -1,
+    "deterministic": True,
+    "force_col_wise": True,
+    "num_threads": 1,
+}
+REGRESSOR_PARAMS: dict[str, Any] = {**CLASSIFIER_PARAMS, "objective": "regression"}
+
+
+@dataclass(frozen=True)
+class PolicyValueEstimate:
+    """An off-policy estimate of a policy's mean reward per decision, with a 95% interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+PolicyValueEstimator = Callable[[np.ndarray, np.ndarray, np.ndarray], Any]
+
+
+def snips_estimate(
+    rewards: np.ndarray, logged_propensities: np.ndarray, target_propensities: np.ndarray
+) -> PolicyValueEstimate:
+    """Self-normalised inverse propensity estimate with a delta-method 95% interval.
+
+    In: per logged decision the reward, the logging policy's probability of the logged action
+    and the target policy's probability of that same action. Out: PolicyValueEstimate.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    w = np.asarray(target_propensities, dtype=np.float64) / np.asarray(
+        logged_propensities, dtype=np.float64
+    )
+    if len(r) == 0 or w.sum() <= 0:
+        return PolicyValueEstimate(math.nan, math.nan, math.nan)
+    value = float(np.sum(w * r) / np.sum(w))
+    # Linearisation of the ratio estimator: var ~ sum(w^2 (r - V)^2) / (sum w)^2.
+    se = float(np.sqrt(np.sum(w**2 * (r - value) ** 2)) / np.sum(w))
+    return PolicyValueEstimate(value, value - 1.96 * se, value + 1.96 * se)
+
+
+def default_estimator() -> PolicyValueEstimator:
+    """The learn stage's SNIPS estimator when it is installed, else :func:`snips_estimate`."""
+    try:
+        from journey_pipeline.learn.ope import estimate_policy_value
+    except ImportError:
+        return snips_estimate
+
+    def estimate(rewards: np.ndarray, logged: np.ndarray, target: np.ndarray) -> Any:
+        return estimate_policy_value(rewards, logged, target, method="snips")
+
+    return estimate
+
+
+# -------------------------------------------------------------------- metrics
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties averaged); NaN with a single class."""
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-15) -> float:
+    """Mean binary cross-entropy; NaN on no rows."""
+    y = np.asarray(labels, dtype=np.float64)
+    if len(y) == 0:
+        return math.nan
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10
+) -> float:
+    """ECE: bin-size-weighted mean |observed rate - mean predicted| over equal-width bins."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if len(y) == 0:
+        return math.nan
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        in_bin = bins == b
+        total += in_bin.sum() * abs(y[in_bin].mean() - p[in_bin].mean())
+    return float(total / len(y))
+
+
+def calibration_table(
+    labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10
+) -> pd.DataFrame:
+    """Per equal-width bin: mean predicted, observed rate and count (non-empty bins)."""
+    frame = pd.DataFrame({"y": np.asarray(labels, float), "p": np.asarray(probabilities, float)})
+    frame["bin"] = np.minimum((frame["p"] * n_bins).astype(int), n_bins - 1)
+    return (
+        frame.groupby("bin")
+        .agg(predicted=("p", "mean"), observed=("y", "mean"), count=("y", "size"))
+        .reset_index()
+    )
+
+
+# ------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What to train on and how; every field is logged as an MLflow parameter."""
+
+    actions: tuple[str, ...] = tuple(ACTION_NAMES)
+    features: tuple[str, ...] = tuple(MODEL_FEATURES)
+    validation_days: float = 7.0
+    num_boost_round: int = 100
+    seed: int = 0
+    bandit_options: dict[str, Any] = field(default_factory=lambda: {"min_observations": 200})
+    min_validation_rows: int = 50
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat parameter dict for tracking."""
+        params: dict[str, Any] = {
+            "actions": ",".join(self.actions),
+            "n_features": len(self.features),
+            "validation_days": self.validation_days,
+            "num_boost_round": self.num_boost_round,
+            "seed": self.seed,
+            "min_validation_rows": self.min_validation_rows,
+        }
+        params.update({f"bandit_{k}": v for k, v in self.bandit_options.items()})
+        return params
+
+
+@dataclass
+class TrainingResult:
+    """Everything a training produced: the deployable bandit, the per-action models, metrics,
+    the validation predictions behind the plots, and the data window."""
+
+    config: TrainingConfig
+    bandit: ContextualBandit
+    conversion_models: dict[str, lgb.Booster | None]
+    margin_models: dict[str, lgb.Booster | None]
+    metrics: dict[str, float]
+    per_action_metrics: pd.DataFrame
+    validation: pd.DataFrame  # action, converted, p_convert per validation row
+    data_window: dict[str, Any]
+    input_example: pd.DataFrame
+
+    def params(self) -> dict[str, Any]:
+        """Parameters to track: the config plus the data window."""
+        return {**self.config.as_params(), **{f"data_{k}": v for k, v in self.data_window.items()}}
+
+    def feature_importance(self) -> pd.DataFrame:
+        """Total split gain per feature for the conversion and margin models (sorted)."""
+        table = pd.DataFrame(
+            0.0, index=list(self.config.features), columns=["conversion", "margin"]
+        )
+        for column, models in (
+            ("conversion", self.conversion_models),
+            ("margin", self.margin_models),
+        ):
+            for model in models.values():
+                if model is not None:
+                    table[column] += model.feature_importance(importance_type="gain")
+        table["total"] = table.sum(axis=1)
+        return table.sort_values("total", ascending=False)
+
+    def plot_feature_importance(self, path: str | Path) -> Path:
+        """Horizontal bar chart of gain per feature, written as PNG to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        table = self.feature_importance().iloc[::-1]
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.5))
+        ax.barh(table.index, table["conversion"], label="conversion classifiers")
+        ax.barh(table.index, table["margin"], left=table["conversion"], label="margin regressors")
+        ax.set_xlabel("total split gain (all actions)")
+        ax.set_title("Reward model feature importance")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def plot_calibration(self, path: str | Path) -> Path:
+        """Reliability diagram of the conversion classifiers on the validation window (PNG)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 6))
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        for action, rows in self.validation.groupby("action"):
+            table = calibration_table(rows["converted"], rows["p_convert"])
+            ax.plot(table["predicted"], table["observed"], marker="o", label=str(action))
+        ax.set_xlabel("predicted conversion probability")
+        ax.set_ylabel("observed conversion rate")
+        ax.set_title(f"Calibration on validation (ECE {self.metrics.get('ece', math.nan):.3f})")
+        ax.legend()
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def model_card(self) -> str:
+        """Model card in Markdown: data window, features, metrics, intended use, limits."""
+        w = self.data_window
+        metric_rows = "\n".join(
+            f"| {name} | {value:.4f} |" for name, value in sorted(self.metrics.items())
+        )
+        per_action = self.per_action_metrics.round(4)
+        per_action_rows = "\n".join(
+            "| " + " | ".join(str(v) for v in [idx, *row]) + " |"
+            for idx, row in zip(per_action.index, per_action.to_numpy().tolist(), strict=True)
+        )
+        header = "| action | " + " | ".join(per_action.columns) + " |"
+        rule = "|" + "---|" * (len(per_action.columns) + 1)
+        features = ", ".join(f"`{f}`" for f in self.config.features)
+        options = ", ".join(f"{k}={v}" for k, v in sorted(self.config.bandit_options.items()))
+        return f"""# Model card: journey next-best-action policy
+
+## What it is
+A contextual bandit over the actions {", ".join(f"`{a}`" for a in self.config.actions)}:
+per action, a bootstrap ensemble of LightGBM margin regressors (margin = attributed revenue
+minus the action's fixed cost), Thompson sampling over the ensemble mixed with epsilon-uniform
+exploration; every decision's propensity is exact. Bandit options: {options or "defaults"}.
+Per-action LightGBM conversion classifiers are trained alongside for validation.
+
+## Data window
+- Training: {w["train_start"]} to {w["train_end"]} ({w["n_train"]} decisions)
+- Validation (latest {self.config.validation_days:g} days): {w["valid_start"]} to
+  {w["valid_end"]} ({w["n_valid"]} decisions)
+- The deployed bandit is refitted on all {w["n_train"] + w["n_valid"]} decisions.
+
+## Features
+{features}
+
+## Metrics (validation window)
+| metric | value |
+|---|---|
+{metric_rows}
+
+Per action:
+
+{header}
+{rule}
+{per_action_rows}
+
+`ope_*` is the self-normalised IPS value of this policy on the validation decisions (mean
+margin per decision, 95% interval); `logged_policy_value` is what the logging policy realised.
+
+## Intended use
+Choosing the next-best action for CRM contacts at trigger events (cart abandonment, lifecycle
+change to opportunity) inside the decision policy, which adds the persistent holdout,
+eligibility rules, frequency cap, human overrides and the kill switch. Promotion to champion
+goes through the gate comparing it with the current champion.
+
+## Known limits
+- Rewards are attributed by a fixed window after the decision: effects that arrive later, or
+  that spill over between actions, are invisible.
+- Off-policy estimates are only as good as the logged propensities and the overlap between the
+  logging and this policy; the interval widens where they differ.
+- Features are as of the previous midnight (UTC): same-day behaviour is not seen.
+- Trained on the population and period above; drift (seasonality, new offers, price changes)
+  calls for retraining, which the drift monitors trigger.
+- Actions without enough logged data fall back to a constant (mean) reward estimate.
+"""
+
+
+def time_split(frame: pd.DataFrame, validation_days: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split at ``max(decided_at) - validation_days``: earlier rows train, later validate."""
+    decided_at = pd.to_datetime(frame["decided_at"], utc=True)
+    cutoff = decided_at.max() - pd.Timedelta(days=validation_days)
+    valid = (decided_at >= cutoff).to_numpy()
+    return frame[~valid], frame[valid]
+
+
+def _train_booster(
+    params: dict[str, Any], features: np.ndarray, label: np.ndarray, rounds: int, seed: int
+) -> lgb.Booster | None:
+    if len(label) < 2 * params["min_data_in_leaf"]:
+        return None
+    if params["objective"] == "binary" and len(np.unique(label)) < 2:
+        return None
+    return lgb.train(
+        {**params, "seed": seed}, lgb.Dataset(features, label=label), num_boost_round=rounds
+    )
+
+
+def _predict(model: lgb.Booster | None, features: np.ndarray, fallback: float) -> np.ndarray:
+    return np.full(len(features), fallback) if model is None else model.predict(features)
+
+
+def evaluate_policy(
+    bandit: ContextualBandit,
+    logged: pd.DataFrame,
+    features: Sequence[str],
+    estimator: PolicyValueEstimator | None = None,
+) -> PolicyValueEstimate:
+    """Off-policy value of ``bandit`` on logged decisions (action, propensity, reward and
+    features): the estimator gets the bandit's exact probability of each logged action."""
+    estimator = estimator or default_estimator()
+    probabilities = bandit.action_probabilities(logged[list(features)])
+    codes = probabilities.columns.get_indexer(logged["action"])
+    target = probabilities.to_numpy()[np.arange(len(logged)), codes]
+    est = estimator(
+        logged["reward"].to_numpy(dtype=np.float64),
+        logged["propensity"].to_numpy(dtype=np.float64),
+        target,
+    )
+    return PolicyValueEstimate(float(est.value), float(est.ci_low), float(est.ci_high))
+
+
+def train_reward_models(
+    frame: pd.DataFrame,
+    config: TrainingConfig | None = None,
+    *,
+    champion: ContextualBandit | None = None,
+    estimator: PolicyValueEstimator | None = None,
+) -> TrainingResult:
+    """Train and validate the reward models and the bandit from a training frame.
+
+    In: the training frame (see module docstring), a config, optionally the current champion's
+    bandit (valued on the same validation window) and an injected OPE estimator
+    ``(rewards, logged_propensities, target_propensities) -> obj with value, ci_low,
+    ci_high``. Out: a :class:`TrainingResult`. ValueError when the frame lacks columns or
+    the validation window has too few rows.
+    """
+    config = config or TrainingConfig()
+    features = list(config.features)
+    missing = [c for c in [*TRAINING_COLUMNS, *features] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"training frame lacks columns {missing}")
+    frame = frame.assign(
+        reward=pd.to_numeric(frame["reward"], errors="coerce").astype(np.float64),
+        propensity=pd.to_numeric(frame["propensity"], errors="coerce").astype(np.float64),
+        converted=frame["converted"].fillna(False).astype(bool),
+    )
+    frame = frame[frame["action"].isin(config.actions) & np.isfinite(frame["reward"])]
+    frame = frame.sort_values("decided_at", kind="stable", ignore_index=True)
+    train, valid = time_split(frame, config.validation_days)
+    if len(valid) < config.min_validation_rows or len(train) < config.min_validation_rows:
+        raise ValueError(
+            f"{len(train)} training and {len(valid)} validation rows: need at least "
+            f"{config.min_validation_rows} of each (more logged outcomes, or a shorter "
+            "validation window)"
+        )
+
+    def matrix(rows: pd.DataFrame) -> np.ndarray:
+        values = rows[features].to_numpy(dtype=np.float64, na_value=np.nan)
+        values[~np.isfinite(values)] = np.nan
+        return values
+
+    conversion_models: dict[str, lgb.Booster | None] = {}
+    margin_models: dict[str, lgb.Booster | None] = {}
+    validation_parts, per_action = [], {}
+    for i, action in enumerate(config.actions):
+        tr = train[train["action"] == action]
+        va = valid[valid["action"] == action]
+        x_tr, x_va = matrix(tr), matrix(va)
+        converted = tr["converted"].to_numpy(dtype=np.float64)
+        conversion_models[action] = _train_booster(
+            CLASSIFIER_PARAMS, x_tr, converted, config.num_boost_round, config.seed + i
+        )
+        margin_models[action] = _train_booster(
+            REGRESSOR_PARAMS,
+            x_tr,
+            tr["reward"].to_numpy(dtype=np.float64),
+            config.num_boost_round,
+            config.seed + 100 + i,
+        )
+        base_rate = float(converted.mean()) if len(converted) else 0.5
+        mean_margin = float(tr["reward"].mean()) if len(tr) else 0.0
+        p_convert = _predict(conversion_models[action], x_va, base_rate)
+        margin = _predict(margin_models[action], x_va, mean_margin)
+        y = va["converted"].to_numpy(dtype=bool)
+        per_action[action] = {
+            "n_train": len(tr),
+            "n_valid": len(va),
+            "auc": roc_auc(y, p_convert),
+            "log_loss": log_loss(y, p_convert),
+            "ece": expected_calibration_error(y, p_convert),
+            "margin_rmse": float(np.sqrt(np.mean((va["reward"].to_numpy() - margin) ** 2)))
+            if len(va)
+            else math.nan,
+        }
+        validation_parts.append(
+            pd.DataFrame({"action": action, "converted": y, "p_convert": p_convert})
+        )
+    validation = pd.concat(validation_parts, ignore_index=True)
+    y_all, p_all = validation["converted"].to_numpy(), validation["p_convert"].to_numpy()
+    squared = [
+        per_action[a]["margin_rmse"] ** 2 * per_action[a]["n_valid"]
+        for a in config.actions
+        if per_action[a]["n_valid"]
+    ]
+    metrics: dict[str, float] = {
+        "auc": roc_auc(y_all, p_all),
+        "log_loss": log_loss(y_all, p_all),
+        "ece": expected_calibration_error(y_all, p_all),
+        "margin_rmse": float(np.sqrt(np.sum(squared) / len(valid))),
+        "n_train": float(len(train)),
+        "n_valid": float(len(valid)),
+        "logged_policy_value": float(valid["reward"].mean()),
+    }
+
+    # The policy judged on decisions it has not seen: a bandit fitted on the training part.
+    bandit_options = {**config.bandit_options, "feature_names": features}
+    holdout_bandit = ContextualBandit(list(config.actions), seed=config.seed, **bandit_options)
+    holdout_bandit.update(train[features], train["action"], train["propensity"], train["reward"])
+    estimate = evaluate_policy(holdout_bandit, valid, features, estimator)
+    metrics.update(
+        {
+            "ope_value": estimate.value,
+            "ope_ci_low": estimate.ci_low,
+            "ope_ci_high": estimate.ci_high,
+        }
+    )
+    if champion is not None:
+        champion_estimate = evaluate_policy(champion, valid, features, estimator)
+        metrics.update(
+            {
+                "champion_ope_value": champion_estimate.value,
+                "champion_ope_ci_low": champion_estimate.ci_low,
+                "champion_ope_ci_high": champion_estimate.ci_high,
+            }
+        )
+
+    bandit = ContextualBandit(list(config.actions), seed=config.seed, **bandit_options)
+    bandit.update(frame[features], frame["action"], frame["propensity"], frame["reward"])
+
+    def stamp(rows: pd.DataFrame, how: str) -> str:
+        return str(pd.to_datetime(rows["decided_at"]).agg(how))
+
+    data_window = {
+        "train_start": stamp(train, "min"),
+        "train_end": stamp(train, "max"),
+        "valid_start": stamp(valid, "min"),
+        "valid_end": stamp(valid, "max"),
+        "n_train": len(train),
+        "n_valid": len(valid),
+    }
+    return TrainingResult(
+        config=config,
+        bandit=bandit,
+        conversion_models=conversion_models,
+        margin_models=margin_models,
+        metrics=metrics,
+        per_action_metrics=pd.DataFrame(per_action).T,
+        validation=validation,
+        data_window=data_window,
+        input_example=frame[features].head(5).reset_index(drop=True),
+    )

@@ -1,0 +1,131 @@
+"""Reward-model training and the MLflow registry on a real SQLite tracking store."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from journey_pipeline.decide import registry
+from journey_pipeline.decide.reward_model import (
+    TrainingConfig,
+    expected_calibration_error,
+    log_loss,
+    roc_auc,
+    snips_estimate,
+    train_reward_models,
+)
+from journey_pipeline.decide.synthetic import synthetic_training_frame
+from journey_pipeline.settings import load_settings
+
+
+def test_metric_helpers_on_known_values():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
+    assert log_loss([1, 0], [0.5, 0.5]) == pytest.approx(math.log(2))
+    assert expected_calibration_error([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.0)
+    assert expected_calibration_error([1, 1], [0.05, 0.05]) == pytest.approx(0.95)
+    rewards = np.array([1.0, 0.0, 3.0, 2.0])
+    same = snips_estimate(rewards, np.full(4, 0.5), np.full(4, 0.5))
+    assert same.value == pytest.approx(1.5) and same.ci_low < 1.5 < same.ci_high
+    tilted = snips_estimate(rewards, np.full(4, 0.5), np.array([0.1, 0.1, 0.9, 0.1]))
+    assert tilted.value == pytest.approx((0.2 * 1 + 1.8 * 3 + 0.2 * 2) / 2.4)
+
+
+@pytest.fixture(scope="module")
+def results():
+    """A good training and a worse one (outcomes shuffled, so the features carry no signal)."""
+    frame = synthetic_training_frame(5_000, seed=21)
+    good = train_reward_models(frame)
+    shuffled = frame.copy()
+    order = np.random.default_rng(0).permutation(len(frame))
+    shuffled["reward"] = frame["reward"].to_numpy()[order]
+    shuffled["converted"] = frame["converted"].to_numpy()[order]
+    worse = train_reward_models(shuffled, champion=good.bandit)
+    return good, worse
+
+
+def test_training_metrics_and_time_split(results):
+    good, worse = results
+    window = good.data_window
+    assert window["train_end"] < window["valid_start"]
+    assert window["n_valid"] > 0.15 * (window["n_train"] + window["n_valid"])
+    assert good.metrics["auc"] > 0.6 and good.metrics["ece"] < 0.1
+    assert good.metrics["ope_ci_low"] <= good.metrics["ope_value"] <= good.metrics["ope_ci_high"]
+    # A policy that learnt the effects is worth more than the uniform logging policy.
+    assert good.metrics["ope_value"] > good.metrics["logged_policy_value"]
+    assert worse.metrics["auc"] < good.metrics["auc"] - 0.05
+    assert "champion_ope_value" in worse.metrics
+    assert set(good.per_action_metrics.index) == {"no_offer", "offer_a", "offer_b"}
+    card = good.model_card()
+    for section in ("Data window", "Features", "Metrics", "Intended use", "Known limits"):
+        assert f"## {section}" in card
+    with pytest.raises(ValueError, match="validation rows"):
+        train_reward_models(synthetic_training_frame(60, seed=1), TrainingConfig())
+
+
+def test_gate_rules(results):
+    good, worse = results
+    first = registry.gate(good.metrics)
+    assert first.passed, first.reasons
+    assert any(row["check"] == "auc above chance" for row in first.table)
+    blocked = registry.gate(worse.metrics, good.metrics)
+    assert not blocked.passed
+    assert any("auc" in reason for reason in blocked.reasons)
+    assert "| auc vs champion |" in blocked.markdown()
+    broken = {**good.metrics, "auc": float("nan")}
+    assert not registry.gate(broken).passed
+
+
+# Three registered versions on a fresh SQLite store (schema migrations included): ~25 s.
+@pytest.mark.slow
+def test_mlflow_run_aliases_promotion_and_rollback(results, journey_home):
+    good, worse = results
+    settings = load_settings()
+    first = registry.log_training_run(good, settings, run_name="first")
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    run = client.get_run(first.run_id)
+    assert run.data.metrics["auc"] == pytest.approx(good.metrics["auc"])
+    assert "auc_offer_a" in run.data.metrics and run.data.params["validation_days"] == "7.0"
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)}
+    assert {"feature_importance.png", "calibration.png", "model_card.md"} <= artifacts
+    assert settings.mlflow_artifacts_dir.exists()
+    model_version = client.get_model_version(registry.MODEL_NAME, first.version)
+    assert "challenger" in model_version.aliases
+    # No champion yet: cold start for callers, then the first version passes the sanity gate.
+    assert registry.load_policy_model("champion", settings) == (None, None)
+    assert registry.gate(first.version, settings=settings).passed
+    registry.promote(first.version, who="ci", why="first version passed sanity checks")
+
+    bandit, version = registry.load_policy_model("champion", settings)
+    assert version == first.version and bandit.n_observations == good.bandit.n_observations
+    again, _ = registry.load_policy_model("champion", settings)
+    assert again is bandit  # cached by version
+    contexts = worse.input_example
+    pd.testing.assert_frame_equal(
+        bandit.decide(contexts, draw_keys=range(len(contexts))),
+        good.bandit.decide(contexts, draw_keys=range(len(contexts))),
+    )
+
+    second = registry.log_training_run(worse, settings, run_name="worse")
+    aliases = client.get_registered_model(registry.MODEL_NAME).aliases
+    assert str(aliases["challenger"]) == second.version
+    verdict = registry.gate(second.version, first.version, settings=settings)
+    assert not verdict.passed  # the worse challenger is blocked
+    third = registry.log_training_run(good, settings, run_name="retrain")
+    registry.promote(third.version, who="ci", why="gate passed")
+    assert registry.load_policy_model("champion", settings)[1] == third.version
+
+    change = registry.rollback(who="oncall", why="conversion dropped after release")
+    assert (change.version, change.previous) == (first.version, third.version)
+    assert registry.load_policy_model("champion", settings)[1] == first.version
+    history = registry.champion_history(settings)
+    assert [h["action"] for h in history] == ["promote", "promote", "rollback"]
+    assert history[-1]["who"] == "oncall"
+    tags = client.get_model_version(registry.MODEL_NAME, first.version).tags
+    assert tags["restored_by"] == "oncall"
+    with pytest.raises(ValueError, match="no previous champion"):
+        registry.rollback(who="oncall", why="again")
