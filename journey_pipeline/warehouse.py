@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS ops.ingest_batches (
     started_at      TIMESTAMP NOT NULL,
     finished_at     TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ops.stage_timings (
+    stage           VARCHAR NOT NULL,        -- e.g. ingest, decide
+    partition_key   VARCHAR,
+    recorded_at     TIMESTAMP NOT NULL,
+    seconds         DOUBLE NOT NULL,         -- wall time of the stage's work
+    items           BIGINT NOT NULL,         -- events ingested, decisions taken, ...
+    lag_seconds     DOUBLE                   -- ingest: landing file written -> ingested
+);
 CREATE TABLE IF NOT EXISTS ops.erasures (
     contact_id      VARCHAR PRIMARY KEY,
     erased_at       TIMESTAMP NOT NULL,      -- occurred_at of the contact.deleted event
@@ -111,3 +119,22 @@ def warehouse(path: str | Path, *, read_only: bool = False) -> Iterator[duckdb.D
 
 def ensure_core_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(CORE_DDL)
+
+
+def record_timing(
+    con: duckdb.DuckDBPyConnection,
+    stage: str,
+    partition_key: str | None,
+    seconds: float,
+    items: int,
+    lag_seconds: float | None = None,
+) -> None:
+    """Append one measured stage run to ``ops.stage_timings`` (the scoreboard's SLOs and cost
+    figures come from these measurements, never from constants)."""
+    from datetime import UTC, datetime
+
+    ensure_core_schema(con)
+    con.execute(
+        "INSERT INTO ops.stage_timings VALUES (?, ?, ?, ?, ?, ?)",
+        [stage, partition_key, datetime.now(UTC).replace(tzinfo=None), seconds, items, lag_seconds],
+    )
