@@ -3,23 +3,33 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export JOURNEY_HOME ?= $(CURDIR)/data
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DAGSTER_HOME ?= $(JOURNEY_HOME)/dagster
+# The venv's tools (dbt, dagster, journey) first on PATH, activated or not.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test lint ui bench clean
+.PHONY: setup browser demo test lint ui bench clean
 
 $(BIN)/journey: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/dbt parse --quiet --project-dir dbt_project --profiles-dir dbt_project
 	@touch $(BIN)/journey
+
+# The browser test drives Debian's Chromium; installed here when apt-get is available (root).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+	  || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	       && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	       || echo "Chromium not installed: the browser test will skip (apt-get install chromium chromium-driver)"; }
 
 setup: $(BIN)/journey
 
 demo: setup
 	$(BIN)/journey demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup
@@ -34,4 +44,4 @@ bench: setup
 	$(BIN)/journey bench
 
 clean:
-	rm -rf data .dagster_home dbt_project/target dbt_project/logs
+	rm -rf data dbt_project/target dbt_project/logs
