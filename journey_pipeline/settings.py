@@ -89,8 +89,14 @@ class Settings:
         return self.profile == "production"
 
     def ensure_dirs(self) -> None:
-        for path in (self.home, self.landing_dir, self.feast_dir, self.reports_dir,
-                     self.feature_exports_dir, self.sim_state_dir):
+        for path in (
+            self.home,
+            self.landing_dir,
+            self.feast_dir,
+            self.reports_dir,
+            self.feature_exports_dir,
+            self.sim_state_dir,
+        ):
             path.mkdir(parents=True, exist_ok=True)
 
 
@@ -125,7 +131,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         profile=profile,
         pii_key=key,
         pii_key_is_default=is_default,
-        mlflow_tracking_uri=env.get("JOURNEY_MLFLOW_URI") or env.get("MLFLOW_TRACKING_URI"),
+        mlflow_tracking_uri=env.get("JOURNEY_MLFLOW_URI"),
         kafka_bootstrap_servers=env.get("JOURNEY_KAFKA_BOOTSTRAP"),
         kafka_topic=env.get("JOURNEY_KAFKA_TOPIC", "crm.contact_events"),
         kafka_group_id=env.get("JOURNEY_KAFKA_GROUP", "journey-observe"),

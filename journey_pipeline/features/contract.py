@@ -37,6 +37,4 @@ FEATURES: dict[str, str] = {
 }
 
 # The numeric features the reward model consumes (strings are carried as their rank/ignored).
-MODEL_FEATURES: list[str] = [
-    name for name, typ in FEATURES.items() if typ in ("DOUBLE", "INTEGER")
-]
+MODEL_FEATURES: list[str] = [name for name, typ in FEATURES.items() if typ in ("DOUBLE", "INTEGER")]

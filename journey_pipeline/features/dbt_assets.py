@@ -1,10 +1,10 @@
 """Dagster assets of the dbt feature marts (group ``features``).
 
-- ``feature_mart_assets``: the incremental mart ``contact_features_daily``, partitioned by day
+- ``feature_assets``: every model, partitioned by day
   (:data:`journey_pipeline.partitions.daily_partitions`); a partition window or a backfill runs
-  as one ``dbt build`` of exactly its feature dates (see :mod:`.dbt_args` for the mapping).
-- ``feature_model_assets``: everything else (staging and intermediate views, the Parquet export
-  for Feast), unpartitioned.
+  as one ``dbt build`` that rebuilds exactly its feature dates of the incremental mart
+  ``contact_features_daily`` (see :mod:`.dbt_args` for the mapping), the views before it and
+  the Parquet export after it.
 
 dbt tests become asset checks; those of severity ``error`` (all of this project's) are blocking,
 so a failing test stops downstream assets instead of serving bad features. The dbt source
@@ -137,7 +137,11 @@ def release_warehouse(invocation: Any) -> None:
 
 def _stream_with_metadata(invocation: Any) -> Iterator[Any]:
     try:
-        yield from invocation.stream().fetch_row_counts().fetch_column_metadata()
+        # Column lineage would re-parse every model's SQL with sqlglot on each run (seconds per
+        # model, and it cannot resolve DuckDB table functions); the schema alone is enough.
+        yield from (
+            invocation.stream().fetch_row_counts().fetch_column_metadata(with_column_lineage=False)
+        )
     finally:
         release_warehouse(invocation)
 
@@ -145,13 +149,18 @@ def _stream_with_metadata(invocation: Any) -> Iterator[Any]:
 @dbt_assets(
     manifest=journey_dbt_project.manifest_path,
     project=journey_dbt_project,
-    select=FEATURE_MART,
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    name="feature_mart_assets",
+    name="feature_assets",
 )
-def feature_mart_assets(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
-    """Build the feature dates of the run's partition window (one run for a whole backfill)."""
+def feature_assets(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+    """One ``dbt build`` per run: the staging and intermediate views, the feature dates of the
+    run's partition window in the incremental mart (one run for a whole backfill), its tests
+    and the Parquet export for Feast.
+
+    The views and the export carry the partition too: rebuilding a view is free and the export
+    always holds the whole mart, and one dbt process per day costs a third of three.
+    """
     window = context.partition_time_window
     dbt_vars = partition_window_vars(window.start, window.end)
     context.log.info(
@@ -162,16 +171,4 @@ def feature_mart_assets(context: dg.AssetExecutionContext, dbt: DbtCliResource) 
     yield from _stream_with_metadata(dbt.cli(dbt_build_args(dbt_vars), context=context))
 
 
-@dbt_assets(
-    manifest=journey_dbt_project.manifest_path,
-    project=journey_dbt_project,
-    exclude=FEATURE_MART,
-    name="feature_model_assets",
-)
-def feature_model_assets(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
-    """Build the staging and intermediate views and the export of the feature mart."""
-    prepare_dbt_environment()
-    yield from _stream_with_metadata(dbt.cli(dbt_build_args(), context=context))
-
-
-dbt_feature_assets: list[dg.AssetsDefinition] = [feature_model_assets, feature_mart_assets]
+dbt_feature_assets: list[dg.AssetsDefinition] = [feature_assets]

@@ -451,7 +451,7 @@ def online_features(store: FeatureStore, contact_ids: Sequence[str]) -> pd.DataF
     if not ids:
         return pd.DataFrame(columns=columns, index=pd.Index([], name=ENTITY_KEY))
     response = store.get_online_features(
-        features=store.get_feature_service(FEATURE_SERVICE),
+        features=store.get_feature_service(FEATURE_SERVICE, allow_cache=True),
         entity_rows={ENTITY_KEY: ids},
     )
     frame = response.to_df().set_index(ENTITY_KEY)

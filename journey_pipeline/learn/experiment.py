@@ -388,7 +388,10 @@ def plot_daily_lift(analysis: ExperimentAnalysis, path: str | Path | None = None
 
     Returns the PNG bytes and also writes them to ``path`` when given.
     """
-    daily = analysis.daily
+    daily = analysis.daily.copy()
+    # Days with no data carry None in the interval columns: plot them as gaps.
+    for column in ("cs_low", "cs_high", "fixed_low", "fixed_high", "lift"):
+        daily[column] = pd.to_numeric(daily[column], errors="coerce").astype(float)
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     dates = pd.to_datetime(daily["date"])

@@ -1,6 +1,5 @@
 """Observe: land CRM change events in the warehouse (thin Dagster wrappers)."""
 
-
 import time
 from datetime import date
 
@@ -101,8 +100,23 @@ def raw_events_batches_reconcile(journey: JourneyResource) -> dg.AssetCheckResul
 def raw_events_no_raw_email(journey: JourneyResource) -> dg.AssetCheckResult:
     with warehouse(journey.settings().warehouse_path, read_only=True) as con:
         hits = raw_email_hits(con)
-    return dg.AssetCheckResult(passed=not hits, metadata={"columns_with_emails": dg.MetadataValue.json(hits)})
+    return dg.AssetCheckResult(
+        passed=not hits, metadata={"columns_with_emails": dg.MetadataValue.json(hits)}
+    )
 
 
-observe_assets = [raw_events]
+# ops.erasures is written by the same ingestion (a contact.deleted event is an erasure
+# request); declared so dbt's source for it sits in the observe group of the graph.
+erasures = dg.AssetSpec(
+    "erasures",
+    group_name="observe",
+    deps=[raw_events],
+    kinds={"duckdb"},
+    description=(
+        "Contacts erased by a contact.deleted event (ops.erasures), recorded by raw_events "
+        "ingestion; features, the online store and decisions drop these contacts."
+    ),
+)
+
+observe_assets = [raw_events, erasures]
 observe_checks = [raw_events_unique_event_id, raw_events_batches_reconcile, raw_events_no_raw_email]

@@ -34,9 +34,7 @@ def landing_files(landing_dir: Path, day: date | None = None) -> list[Path]:
     if not landing_dir.exists():
         return []
     files = [
-        p
-        for p in sorted(landing_dir.glob("*.jsonl"))
-        if p.is_file() and not p.name.startswith(".")
+        p for p in sorted(landing_dir.glob("*.jsonl")) if p.is_file() and not p.name.startswith(".")
     ]
     if day is not None:
         files = [p for p in files if file_day(p) == day]

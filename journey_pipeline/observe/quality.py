@@ -35,14 +35,14 @@ def raw_email_hits(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """
     columns = con.execute(
         """
-        SELECT table_schema, table_name, column_name, data_type
+        SELECT table_schema, table_name, column_name
         FROM information_schema.columns
         WHERE data_type IN ('VARCHAR', 'JSON', 'BLOB')
           AND table_catalog = current_database()
         """
     ).fetchall()
     hits: dict[str, int] = {}
-    for schema, table, column, data_type in columns:
+    for schema, table, column in columns:
         # A BLOB cast to VARCHAR keeps ASCII as is and escapes other bytes, so an address
         # inside invalid UTF-8 (dead-lettered bytes) is still found.
         expr = f'"{column}"'

@@ -18,8 +18,7 @@ from journey_pipeline.features.dbt_assets import (
     dbt_feature_assets,
     dbt_resource,
     ensure_dbt_manifest,
-    feature_mart_assets,
-    feature_model_assets,
+    feature_assets,
     manifest_is_stale,
 )
 from journey_pipeline.partitions import daily_partitions
@@ -67,38 +66,30 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def materialize_views_then_partition(partition_key: str) -> dg.ExecuteInJobResult:
-    """Create the staging/intermediate views, then build one partition of the mart."""
-    resources = {"dbt": dbt_resource()}
-    views = dg.materialize([feature_model_assets], selection=VIEW_KEYS, resources=resources)
-    assert views.success
-    assert {m.asset_key for m in views.get_asset_materialization_events()} == set(VIEW_KEYS)
+    """Build one partition: the views, the mart's feature dates and the export, in one run."""
     return dg.materialize(
-        [feature_mart_assets],
+        [feature_assets],
         partition_key=partition_key,
-        resources=resources,
+        resources={"dbt": dbt_resource()},
         raise_on_error=False,
     )
 
 
 def test_definitions_wire_observe_to_the_marts_in_group_features() -> None:
-    assert [a.node_def.name for a in dbt_feature_assets] == [
-        "feature_model_assets",
-        "feature_mart_assets",
-    ]
-    assert feature_mart_assets.keys == {MART_KEY}
-    assert feature_mart_assets.partitions_def == daily_partitions
-    assert feature_mart_assets.backfill_policy == dg.BackfillPolicy.single_run()
-    assert feature_model_assets.partitions_def is None
-    assert dg.AssetKey(["contact_features_export"]) in feature_model_assets.keys
-    for assets in dbt_feature_assets:
-        assert set(assets.group_names_by_key.values()) == {"features"}
-    upstream = {key for keys in feature_model_assets.asset_deps.values() for key in keys}
+    assert [a.node_def.name for a in dbt_feature_assets] == ["feature_assets"]
+    assert {MART_KEY, dg.AssetKey(["contact_features_export"]), *VIEW_KEYS} == set(
+        feature_assets.keys
+    )
+    assert feature_assets.partitions_def == daily_partitions
+    assert feature_assets.backfill_policy == dg.BackfillPolicy.single_run()
+    assert set(feature_assets.group_names_by_key.values()) == {"features"}
+    upstream = {key for keys in feature_assets.asset_deps.values() for key in keys}
     assert dg.AssetKey(["raw_events"]) in upstream
-    assert MART_KEY in feature_model_assets.asset_deps[dg.AssetKey(["contact_features_export"])]
-    check_names = {spec.name for spec in feature_mart_assets.check_specs}
+    assert MART_KEY in feature_assets.asset_deps[dg.AssetKey(["contact_features_export"])]
+    check_names = {spec.name for spec in feature_assets.check_specs}
     assert "assert_features_use_only_events_before_cutoff" in check_names
     assert any(name.startswith("unique_combination_of_columns") for name in check_names)
-    assert all(spec.blocking for spec in feature_mart_assets.check_specs)
+    assert all(spec.blocking for spec in feature_assets.check_specs)
     dg.Definitions(assets=dbt_feature_assets, resources={"dbt": dbt_resource()})
 
 
@@ -119,16 +110,20 @@ def test_materialize_one_partition_builds_its_feature_date_with_checks_and_metad
         ("C-2", dt.date(2026, 3, 1), 12.5, 1),
     ]
 
-    [materialization] = result.asset_materializations_for_node("feature_mart_assets")
-    assert materialization.asset_key == MART_KEY
+    [materialization] = [
+        m
+        for m in result.asset_materializations_for_node("feature_assets")
+        if m.asset_key == MART_KEY
+    ]
     assert materialization.partition == "2026-02-28"
     assert materialization.metadata["dagster/row_count"].value == 2
     columns = materialization.metadata["dagster/column_schema"].value.columns
     assert {"contact_id", "feature_ts", "spend_30d", "last_action"} <= {c.name for c in columns}
 
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == len(feature_mart_assets.check_specs)
-    assert all(e.passed and e.asset_key == MART_KEY for e in evaluations)
+    assert len(evaluations) == len(feature_assets.check_specs)
+    assert all(e.passed for e in evaluations)
+    assert (home / "features" / EXPORT_FILE).exists()
 
 
 @pytest.mark.slow
@@ -146,7 +141,7 @@ def test_failing_dbt_test_is_a_failed_blocking_check(home: Path) -> None:
     accepted_values = next(name for name in failed if name.startswith("accepted_values"))
     assert "lifecycle_stage" in accepted_values
     assert failed[accepted_values].severity == dg.AssetCheckSeverity.ERROR
-    spec = next(s for s in feature_mart_assets.check_specs if s.name == accepted_values)
+    spec = next(s for s in feature_assets.check_specs if s.name == accepted_values)
     assert spec.blocking
     # The run fails with dbt's own account of the failing test.
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

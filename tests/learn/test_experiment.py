@@ -188,3 +188,24 @@ def test_uplift_scores_from_logged_expected_rewards():
     scores = uplift_scores(logged)
     assert scores.iloc[:2].tolist() == [1.5, -1.0]
     assert np.isnan(scores.iloc[2])
+
+
+def test_plot_daily_lift_draws_days_without_data_as_gaps(tmp_path):
+    import pandas as pd
+
+    from journey_pipeline.learn.experiment import ExperimentAnalysis, plot_daily_lift
+
+    daily = pd.DataFrame(
+        {
+            "date": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "lift": [None, 0.5],
+            "cs_low": [None, -1.0],
+            "cs_high": [None, 2.0],
+            "fixed_low": [None, 0.1],
+            "fixed_high": [None, 0.9],
+        },
+        dtype=object,
+    )
+    analysis = ExperimentAnalysis(summary=pd.DataFrame(), daily=daily, excluded={}, alpha=0.05)
+    png = plot_daily_lift(analysis, tmp_path / "lift.png")
+    assert png.startswith(b"\x89PNG") and (tmp_path / "lift.png").stat().st_size == len(png)

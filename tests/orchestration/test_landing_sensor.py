@@ -44,5 +44,7 @@ def test_sensor_uses_cursor_and_run_keys(journey_home):
         assert [r.run_key for r in first] == ["events-2026-01-05.jsonl@9"]
         assert first[0].partition_key == "2026-01-05"
         cursor = json.loads(context.cursor)
-        context = dg.build_sensor_context(instance=instance, cursor=json.dumps(cursor), resources=resources)
+        context = dg.build_sensor_context(
+            instance=instance, cursor=json.dumps(cursor), resources=resources
+        )
         assert isinstance(landing_files_sensor(context), dg.SkipReason)

@@ -1,0 +1,257 @@
+"""The ``journey`` command: simulate a world, ingest files, run the loop, benchmark.
+
+Every command honours ``JOURNEY_HOME`` (where state lives, default ./data) and
+``JOURNEY_PROFILE`` (local, the default, or production).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from journey_pipeline.settings import SettingsError, load_settings
+
+app = typer.Typer(
+    name="journey",
+    help="journey-pipeline: CRM events -> features -> decisions -> CRM write-back -> learning.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _settings():
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings.ensure_dirs()
+    return settings
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.command()
+def simulate(
+    days: Annotated[
+        int, typer.Option(min=1, help="Days to simulate, continuing the saved world.")
+    ] = 1,
+    contacts: Annotated[int, typer.Option(min=1, help="Contacts in a new world.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed of a new world.")] = 0,
+    start_date: Annotated[
+        str, typer.Option(help="First day of a new world (YYYY-MM-DD).")
+    ] = "2026-01-01",
+    drift_day: Annotated[
+        int | None, typer.Option(help="Day index from which behaviour drifts.")
+    ] = None,
+    debezium: Annotated[
+        bool, typer.Option(help="Write contact changes as Debezium envelopes.")
+    ] = False,
+) -> None:
+    """Simulate DAYS days of the customer world: writes landing/*.jsonl and updates crm.db."""
+    from journey_pipeline.sim.run import simulate as run_simulation
+
+    settings = _settings()
+    with _progress() as progress:
+        task = progress.add_task("simulate", total=days)
+        summary = run_simulation(
+            settings,
+            days=days,
+            contacts=contacts,
+            seed=seed,
+            start_date=date.fromisoformat(start_date),
+            drift_day=drift_day,
+            debezium=debezium,
+            progress=lambda *_: progress.advance(task),
+        )
+    console.print(f"simulated into {settings.home}")
+    print(json.dumps(summary, default=str))
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="JSONL files of canonical events.")],
+) -> None:
+    """Ingest FILES into the warehouse: validate, tokenise PII, dedup, dead-letter bad lines.
+
+    Prints a human summary on stderr and one JSON object on the last line of stdout.
+    """
+    from journey_pipeline.observe.ingest import ingest_files
+
+    settings = _settings()
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        console.print(f"[red]no such file:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    summary = ingest_files(settings.warehouse_path, files, settings, follow=False).as_dict()
+    console.print(
+        f"received {summary['received']:,}  accepted {summary['accepted']:,}  "
+        f"duplicates {summary['duplicates']:,}  dead-lettered {summary['dead_lettered']:,}"
+    )
+    print(json.dumps(summary, default=str))
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(min=1, help="Simulated days to run the loop for.")] = 14,
+    contacts: Annotated[int, typer.Option(min=10, help="Contacts in the simulated world.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    drift_day: Annotated[
+        int | None, typer.Option(help="Day index from which behaviour drifts.")
+    ] = None,
+) -> None:
+    """Run the closed loop on a simulated world through Dagster, day by day, and report."""
+    from journey_pipeline.demo import run_demo
+
+    settings = _settings()
+    with _progress() as progress:
+        summary = run_demo(
+            settings,
+            days=days,
+            contacts=contacts,
+            seed=seed,
+            drift_day=drift_day,
+            progress=progress,
+        )
+    from journey_pipeline.demo import render_summary
+
+    console.print(render_summary(summary))
+    print(json.dumps(summary, default=str))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve real-time decisions over HTTP (POST /v1/decisions; keys from JOURNEY_API_KEYS)."""
+    import socket
+
+    from journey_pipeline.serve.app import run_server
+
+    settings = _settings()
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            console.print(
+                f"[red]port {port} on {host} is already in use[/red]: stop the other process "
+                f"or choose another with --port"
+            )
+            raise typer.Exit(2)
+    run_server(settings, host, port)
+
+
+@app.command()
+def stream(
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers (default JOURNEY_KAFKA_BOOTSTRAP).")
+    ] = None,
+    max_events: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many idle seconds.")
+    ] = None,
+) -> None:
+    """Decide on triggering events from Kafka (crm.contact_events) and write back through the outbox."""
+    from journey_pipeline.serve.stream import run_stream
+
+    settings = _settings()
+    bootstrap = bootstrap or settings.kafka_bootstrap_servers
+    if not bootstrap:
+        console.print(
+            "[red]no Kafka brokers[/red]: pass --bootstrap or set JOURNEY_KAFKA_BOOTSTRAP"
+        )
+        raise typer.Exit(2)
+    summary = run_stream(settings, bootstrap, max_events=max_events, idle_timeout_s=idle_timeout)
+    print(json.dumps(summary, default=str))
+
+
+@app.command()
+def control(
+    action: Annotated[str, typer.Argument(help="pause | resume | promote | rollback | status")],
+    who: Annotated[str, typer.Option(help="Who takes the action (recorded).")] = "",
+    why: Annotated[str, typer.Option(help="Why (recorded).")] = "",
+    version: Annotated[str | None, typer.Option(help="Model version, for promote.")] = None,
+) -> None:
+    """Human control of the live policy; every action is recorded with who and why."""
+    from journey_pipeline.decide import control as controls
+
+    settings = _settings()
+    try:
+        if action == "status":
+            result = controls.control_state(settings)
+        elif action == "pause":
+            result = controls.pause_autonomy(settings, who, why)
+        elif action == "resume":
+            result = controls.resume_autonomy(settings, who, why)
+        elif action == "rollback":
+            result = controls.rollback(settings, who, why)
+        elif action == "promote":
+            if not version:
+                raise ValueError("promote needs --version")
+            result = controls.promote(settings, version, who, why)
+        else:
+            raise ValueError(
+                f"unknown action {action!r}: pause, resume, promote, rollback or status"
+            )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    print(json.dumps(result, default=str))
+
+
+@app.command()
+def bench(
+    name: Annotated[
+        str | None, typer.Argument(help="One benchmark (file bench/bench_NAME.py).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,
+) -> None:
+    """Run the benchmarks in bench/ (each prints its ratio against a baseline of the same run)."""
+    import importlib.util
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    paths = sorted(bench_dir.glob("bench_*.py"))
+    if name:
+        paths = [p for p in paths if p.stem == f"bench_{name}"]
+        if not paths:
+            known = ", ".join(
+                p.stem.removeprefix("bench_") for p in sorted(bench_dir.glob("bench_*.py"))
+            )
+            console.print(f"[red]no benchmark {name!r}[/red]; known: {known}")
+            raise typer.Exit(2)
+    results = {}
+    for path in paths:
+        console.rule(path.stem)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        results[path.stem] = module.main(["--quick"] if quick else [])
+    print(json.dumps(results, default=str))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""`journey demo`: run the closed loop on a simulated world, one Dagster run per day.
+
+Each simulated day: the simulator applies yesterday's CRM tasks and writes the day's events;
+`daily_loop_job` ingests them, builds the features as of the day's close, serves them online,
+decides for the day's triggered contacts, writes the decisions to the CRM and updates
+outcomes; `analysis_job` measures lift, drift, the guardrail and the scoreboard. The drift
+sensor is evaluated on its own code after each analysis and its run request executed (under
+`make ui` the Dagster daemon does this); a weekly retrain is the fallback cadence.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import dagster as dg
+from rich.progress import Progress
+from rich.table import Table
+
+from journey_pipeline.instance import dagster_instance
+from journey_pipeline.settings import Settings
+
+DAILY_JOB = "daily_loop_job"
+RETRAIN_JOB = "retrain_job"
+ANALYSIS_JOB = "analysis_job"
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset_name: str) -> dict[str, Any]:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.path[-1] == asset_name:
+            return {k: v.value for k, v in materialization.metadata.items()}
+    return {}
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    days: int,
+    contacts: int,
+    seed: int,
+    drift_day: int | None = None,
+    retrain_every: int = 7,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Simulate ``days`` days and run the loop for each through Dagster.
+
+    Returns what ran, per day (events, decisions by action, CRM tasks, drift share, retrains
+    with what triggered them, run ids) and at the end (scoreboard, totals, seconds).
+    """
+    from journey_pipeline.definitions import defs
+    from journey_pipeline.resources import JourneyResource
+    from journey_pipeline.sim.run import simulate
+
+    instance = dagster_instance(settings)
+    daily, analysis, retrain = (defs.get_job_def(n) for n in (DAILY_JOB, ANALYSIS_JOB, RETRAIN_JOB))
+    drift_sensor = defs.get_sensor_def("drift_retrain_sensor")
+    sensor_cursor: str | None = None
+    started = time.perf_counter()
+    per_day: list[dict[str, Any]] = []
+    task = progress.add_task("loop days", total=days) if progress else None
+    for index in range(days):
+        sim = simulate(settings, days=1, contacts=contacts, seed=seed, drift_day=drift_day)
+        day = str(sim["last_date"])
+        loop = daily.execute_in_process(instance=instance, partition_key=day)
+        ingest, decided = _metadata(loop, "raw_events"), _metadata(loop, "decisions")
+        writeback = _metadata(loop, "crm_writeback")
+        row: dict[str, Any] = {
+            "day": day,
+            "events": int(ingest.get("accepted", 0)),
+            "dead_lettered": int(ingest.get("dead_lettered", 0)),
+            "tasks_applied": int(sim["tasks_applied"]),
+            "decisions": int(decided.get("live_decisions_inserted", 0)),
+            "by_action": decided.get("decisions_by_action", {}),
+            "crm_confirmed": int(writeback.get("dispatch_confirmed", 0)),
+            "champion": decided.get("champion_version"),
+            "run_id": loop.run_id,
+            "retrain": None,
+        }
+        checks = analysis.execute_in_process(instance=instance)
+        drift = _metadata(checks, "drift_report")
+        row["drift_share"] = drift.get("drift_share")
+        with dg.build_sensor_context(
+            instance=instance, cursor=sensor_cursor, resources={"journey": JourneyResource()}
+        ) as context:
+            request = drift_sensor(context)
+            sensor_cursor = context.cursor
+        if isinstance(request, dg.RunRequest):
+            tags = {
+                **request.tags,
+                "dagster/sensor_name": drift_sensor.name,
+                "dagster/run_key": request.run_key,
+            }
+            run = retrain.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+            row["retrain"] = {
+                "trigger": "drift",
+                "run_id": run.run_id,
+                "champion": _metadata(run, "champion_model").get("champion_version"),
+            }
+        elif retrain_every and (index + 1) % retrain_every == 0:
+            run = retrain.execute_in_process(
+                instance=instance, tags={"journey/trigger": "weekly"}, raise_on_error=False
+            )
+            row["retrain"] = {
+                "trigger": "weekly",
+                "run_id": run.run_id,
+                "champion": _metadata(run, "champion_model").get("champion_version"),
+            }
+        per_day.append(row)
+        if progress is not None:
+            progress.advance(task)
+    scoreboard_path = settings.reports_dir / "scoreboard.parquet"
+    scoreboard = []
+    if scoreboard_path.exists():
+        import pandas as pd
+
+        scoreboard = json.loads(pd.read_parquet(scoreboard_path).to_json(orient="records"))
+    return {
+        "home": str(settings.home),
+        "days": days,
+        "contacts": contacts,
+        "seed": seed,
+        "drift_day": drift_day,
+        "per_day": per_day,
+        "scoreboard": scoreboard,
+        "totals": {
+            "events": sum(r["events"] for r in per_day),
+            "decisions": sum(r["decisions"] for r in per_day),
+            "crm_tasks_confirmed": sum(r["crm_confirmed"] for r in per_day),
+            "retrains": sum(1 for r in per_day if r["retrain"]),
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _retrain_label(retrain: dict[str, Any] | None) -> str:
+    if not retrain:
+        return ""
+    champion = retrain.get("champion")
+    return f"{retrain['trigger']}: " + (f"champion v{champion}" if champion else "cold start")
+
+
+def render_summary(summary: dict[str, Any]) -> Table:
+    """Per-day table for the terminal."""
+    table = Table(title=f"journey demo: {summary['days']} days, {summary['contacts']:,} contacts")
+    for column in ("day", "events", "decisions", "offers", "CRM tasks", "drift", "retrain"):
+        table.add_column(column, justify="right")
+    for row in summary["per_day"]:
+        offers = sum(v for k, v in row["by_action"].items() if k != "no_offer")
+        drift = row.get("drift_share")
+        retrain = row["retrain"]
+        table.add_row(
+            row["day"],
+            f"{row['events']:,}",
+            f"{row['decisions']:,}",
+            f"{offers:,}",
+            f"{row['crm_confirmed']:,}",
+            f"{drift:.2f}" if isinstance(drift, float) else "-",
+            _retrain_label(retrain),
+        )
+    table.caption = f"{summary['seconds']} s; state in {summary['home']}; runs visible in `make ui`"
+    return table

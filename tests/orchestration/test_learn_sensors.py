@@ -1,0 +1,45 @@
+import json
+
+import dagster as dg
+import pandas as pd
+
+from journey_pipeline.learn.sensors import drift_retrain_request, drift_retrain_sensor
+from journey_pipeline.resources import JourneyResource
+
+
+def test_drift_request_threshold_and_cooldown_in_feature_days():
+    assert drift_retrain_request(0.1, "2026-02-01", {}) == (None, {})
+    assert drift_retrain_request(None, "2026-02-01", {}) == (None, {})
+    key, cursor = drift_retrain_request(0.5, "2026-02-01", {})
+    assert key == "drift:2026-02-01" and cursor == {"last_retrain_window": "2026-02-01"}
+    assert drift_retrain_request(0.9, "2026-02-05", cursor) == (None, cursor)  # cooling down
+    key, _ = drift_retrain_request(0.9, "2026-02-08", cursor)
+    assert key == "drift:2026-02-08"
+
+
+def test_drift_sensor_requests_one_run_per_drifted_day(journey_home):
+    reports = journey_home / "reports"
+    reports.mkdir()
+    resources = {"journey": JourneyResource(home=str(journey_home))}
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            assert isinstance(drift_retrain_sensor(context), dg.SkipReason)  # no report yet
+        pd.DataFrame(
+            [
+                {
+                    "current_window": "2026-02-01",
+                    "reference_window": "x",
+                    "drift_share": 0.6,
+                    "skipped_reason": None,
+                }
+            ]
+        ).to_parquet(reports / "drift_history.parquet")
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            request = drift_retrain_sensor(context)
+            cursor = context.cursor
+        assert isinstance(request, dg.RunRequest) and request.run_key == "drift:2026-02-01"
+        assert json.loads(cursor)["last_retrain_window"] == "2026-02-01"
+        with dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources=resources
+        ) as context:
+            assert isinstance(drift_retrain_sensor(context), dg.SkipReason)
