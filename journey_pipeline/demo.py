@@ -66,7 +66,9 @@ def run_demo(
         loop = daily.execute_in_process(instance=instance, partition_key=day)
         ingest, decided = _metadata(loop, "raw_events"), _metadata(loop, "decisions")
         writeback = _metadata(loop, "crm_writeback")
+        online = _metadata(loop, "online_features")
         row: dict[str, Any] = {
+            **_feature_status(loop, online, day),
             "day": day,
             "events": int(ingest.get("accepted", 0)),
             "dead_lettered": int(ingest.get("dead_lettered", 0)),
@@ -134,6 +136,30 @@ def run_demo(
     }
 
 
+def _feature_status(
+    result: dg.ExecuteInProcessResult, online: dict[str, Any], day: str
+) -> dict[str, Any]:
+    """Online feature counts, freshness at the day's close and the parity check's verdict."""
+    from datetime import UTC, datetime, timedelta
+
+    newest = online.get("newest_feature_ts")
+    freshness = None
+    if isinstance(newest, float):
+        close = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+        freshness = round((close - datetime.fromtimestamp(newest, UTC)).total_seconds() / 3600, 1)
+    parity = [
+        e.passed
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "online_features_parity"
+    ]
+    return {
+        "feature_contacts": int(online.get("contacts", 0)),
+        "online_rows_written": int(online.get("rows_written", 0)),
+        "feature_freshness_hours": freshness,
+        "parity": "pass" if parity and all(parity) else ("fail" if parity else "not run"),
+    }
+
+
 def _retrain_label(retrain: dict[str, Any] | None) -> str:
     if not retrain:
         return ""
@@ -144,7 +170,19 @@ def _retrain_label(retrain: dict[str, Any] | None) -> str:
 def render_summary(summary: dict[str, Any]) -> Table:
     """Per-day table for the terminal."""
     table = Table(title=f"journey demo: {summary['days']} days, {summary['contacts']:,} contacts")
-    for column in ("day", "events", "decisions", "offers", "CRM tasks", "drift", "retrain"):
+    columns = (
+        "day",
+        "events",
+        "features",
+        "fresh h",
+        "parity",
+        "decisions",
+        "offers",
+        "CRM tasks",
+        "drift",
+        "retrain",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for row in summary["per_day"]:
         offers = sum(v for k, v in row["by_action"].items() if k != "no_offer")

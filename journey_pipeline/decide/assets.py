@@ -9,6 +9,7 @@ from pydantic import Field
 from journey_pipeline.decide import registry
 from journey_pipeline.decide.reward_model import TrainingConfig, train_reward_models
 from journey_pipeline.decide.scoring import day_triggers, labelled_decisions, score_day
+from journey_pipeline.features.contract import MODEL_FEATURES
 from journey_pipeline.features.feature_store import build_store, online_features, training_set
 from journey_pipeline.partitions import daily_partitions
 from journey_pipeline.resources import JourneyResource
@@ -50,7 +51,10 @@ class TrainingAssetConfig(dg.Config):
         default=1000,
         description="Below this many matured outcomes the policy keeps exploring uniformly.",
     )
-    validation_days: float = Field(default=7.0, description="Latest days held out for validation.")
+    validation_days: float = Field(
+        default=3.0,
+        description="Latest days of matured decisions held out for validation (the rest trains).",
+    )
     num_boost_round: int = Field(default=100, description="LightGBM boosting rounds.")
     seed: int = 0
 
@@ -83,6 +87,9 @@ def reward_model(
     frame = training_set(
         build_store(settings), labelled.rename(columns={"decided_at": "event_timestamp"})
     ).rename(columns={"event_timestamp": "decided_at"})
+    # Nullable integers (missing = never purchased, ...) become NaN floats: what LightGBM
+    # reads as missing, and what the model signature can describe.
+    frame[MODEL_FEATURES] = frame[MODEL_FEATURES].astype("float64")
     champion, champion_version = registry.load_policy_model(registry.CHAMPION, settings)
     result = train_reward_models(
         frame,

@@ -84,7 +84,8 @@ def ensure_dbt_manifest(project: DbtProject | None = None, *, force: bool = Fals
 journey_dbt_project = DbtProject(
     project_dir=DBT_PROJECT_DIR,
     profiles_dir=DBT_PROJECT_DIR,
-    target="local",
+    # No fixed target: the profile picks JOURNEY_DBT_TARGET (default local) when dbt runs.
+    target=None,
 )
 # Under `dagster dev` dagster-dbt re-parses on start with the `dbt` on PATH; where the
 # environment's dbt is not on PATH (a virtualenv that is not activated), ensure_dbt_manifest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -24,6 +24,19 @@ AGE_FEATURES = (
     "days_since_last_action",
 )
 DRIFT_FEATURES = [f for f in MODEL_FEATURES if f not in AGE_FEATURES]
+
+
+def outcome_rebuild_range(day: date, window_days: int) -> tuple[date, date, datetime]:
+    """Which decision dates the outcomes partition of ``day`` rebuilds, and its maturity clock.
+
+    Decisions of day D are dated D+1 (taken at its close). D's events fall in the windows of
+    decisions dated D-window+1 .. D+1, and everything up to D's close has arrived, so that
+    close is the clock that matures decisions dated D-window+1 (whose window ends there).
+    One more day back keeps a re-run after a late event honest. Returns (first decision date,
+    last decision date, as_of).
+    """
+    close = datetime.combine(day + timedelta(days=1), datetime.min.time())
+    return day - timedelta(days=window_days), close.date(), close
 
 
 def outcome_frame(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from journey_pipeline.learn.analysis import (
     champion_outcomes,
     feature_windows,
     outcome_frame,
+    outcome_rebuild_range,
 )
 from journey_pipeline.learn.drift import drift_report as run_drift_report
 from journey_pipeline.learn.experiment import analyse, plot_daily_lift
@@ -50,10 +51,9 @@ def outcomes(
     settings = journey.settings()
     day = date.fromisoformat(context.partition_key)
     window = config.attribution_window_days
-    # Decisions of day D are dated D+1; events of D can reach back one window.
-    start, end = day + timedelta(days=1) - timedelta(days=window), day + timedelta(days=1)
+    start, end, close = outcome_rebuild_range(day, window)
     with warehouse(settings.warehouse_path) as con:
-        report = build_outcomes(con, start, end, window)
+        report = build_outcomes(con, start, end, window, as_of=close)
     return dg.MaterializeResult(
         metadata={
             "decision_dates": f"{start}..{end}",

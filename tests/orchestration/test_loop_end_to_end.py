@@ -37,6 +37,10 @@ def test_every_day_ran_and_decided(loop):
     settings, summary = loop
     assert [r["day"] for r in summary["per_day"]] == ["2026-01-01", "2026-01-02", "2026-01-03"]
     assert all(r["events"] > 0 for r in summary["per_day"])
+    # Features as of each day's close are online and match the offline rows.
+    assert all(r["parity"] == "pass" for r in summary["per_day"])
+    assert all(r["feature_freshness_hours"] == 0 for r in summary["per_day"])
+    assert all(r["feature_contacts"] >= 600 for r in summary["per_day"])
     assert summary["totals"]["decisions"] > 0
     with warehouse(settings.warehouse_path, read_only=True) as con:
         live = con.execute(

@@ -52,3 +52,14 @@ def test_decisions_are_taken_at_the_close_of_the_day():
 
 def test_a_day_without_triggers_is_empty(con):
     assert day_triggers(con, date(2026, 1, 5)).empty
+
+
+def test_outcomes_of_a_day_rebuild_the_windows_its_events_touch_and_mature_them():
+    from journey_pipeline.learn.analysis import outcome_rebuild_range
+
+    start, end, as_of = outcome_rebuild_range(date(2026, 1, 20), 7)
+    assert (start, end) == (date(2026, 1, 13), date(2026, 1, 21))
+    assert as_of == datetime(2026, 1, 21)
+    # A decision dated 2026-01-14 (taken at the close of the 13th) has its 7-day window end
+    # at 2026-01-21 00:00: inside the range, and matured by this as_of.
+    assert start <= date(2026, 1, 14) and datetime(2026, 1, 21) <= as_of
