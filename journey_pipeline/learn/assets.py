@@ -1,6 +1,6 @@
 """Learn: outcomes, experiment analysis, drift (thin Dagster wrappers)."""
 
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 import pandas as pd
