@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PROFILES = ("local", "production")
@@ -45,7 +45,6 @@ class Settings:
     hubspot_access_token: str | None = None
     hubspot_base_url: str | None = None
     outbox_url: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     # Embedded stores, all under JOURNEY_HOME.
     @property

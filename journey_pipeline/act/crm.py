@@ -559,10 +559,9 @@ def _unreadable(what: str, answer: Any) -> RetryableCrmError:
 
 
 def _setting(settings: Settings, name: str, env_name: str) -> str | None:
+    """A CRM setting's value (``env_name`` is the variable it comes from, for messages)."""
     value = getattr(settings, name, None)
-    if value:
-        return str(value)
-    return settings.extra.get(env_name) or settings.extra.get(name) or None
+    return str(value) if value else None
 
 
 def crm_from_settings(settings: Settings, kind: str | None = None, **overrides: Any) -> CrmAdapter:

@@ -145,7 +145,7 @@ def _drop_nan(value: Any) -> Any:
 def outbox_url_from_settings(settings: Settings) -> str:
     """The outbox database URL: ``JOURNEY_OUTBOX_URL`` if given, the PostgreSQL DSN under the
     production profile, else ``sqlite:///{JOURNEY_HOME}/outbox.db``."""
-    explicit = getattr(settings, "outbox_url", None) or settings.extra.get("JOURNEY_OUTBOX_URL")
+    explicit = settings.outbox_url
     if explicit:
         return str(explicit)
     if settings.is_production and settings.postgres_dsn:

@@ -282,16 +282,16 @@ def test_crm_from_settings_builds_each_kind(settings, fake_hubspot, webhook_rece
         crm_from_settings(settings, "salesforce")
 
 
-def test_crm_from_settings_reads_extra_values(settings, webhook_receiver):
-    import dataclasses
+def test_crm_from_settings_reads_the_environment(tmp_path, webhook_receiver):
+    from journey_pipeline.settings import load_settings
 
-    configured = dataclasses.replace(
-        settings,
-        extra={
+    configured = load_settings(
+        {
+            "JOURNEY_HOME": str(tmp_path),
             "JOURNEY_CRM": "webhook",
             "JOURNEY_CRM_WEBHOOK_URL": webhook_receiver.url,
             "JOURNEY_CRM_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        },
+        }
     )
     crm = crm_from_settings(configured)
     assert isinstance(crm, WebhookCrm) and crm.url == webhook_receiver.url

@@ -104,7 +104,7 @@ def test_outbox_url_follows_settings(settings):
     assert outbox_url_from_settings(settings) == f"sqlite:///{settings.home}/outbox.db"
     prod = dataclasses.replace(settings, profile="production", postgres_dsn="postgres://u@h/db")
     assert outbox_url_from_settings(prod) == "postgresql://u@h/db"
-    explicit = dataclasses.replace(settings, extra={"JOURNEY_OUTBOX_URL": "sqlite:///x.db"})
+    explicit = dataclasses.replace(settings, outbox_url="sqlite:///x.db")
     assert outbox_url_from_settings(explicit) == "sqlite:///x.db"
     box = Outbox.from_settings(settings)
     try:
