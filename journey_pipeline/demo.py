@@ -94,21 +94,11 @@ def run_demo(
                 "dagster/sensor_name": drift_sensor.name,
                 "dagster/run_key": request.run_key,
             }
-            run = retrain.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
-            row["retrain"] = {
-                "trigger": "drift",
-                "run_id": run.run_id,
-                "champion": _metadata(run, "champion_model").get("champion_version"),
-            }
+            row["retrain"] = _retrain(retrain, instance, tags, "drift", settings)
         elif retrain_every and (index + 1) % retrain_every == 0:
-            run = retrain.execute_in_process(
-                instance=instance, tags={"journey/trigger": "weekly"}, raise_on_error=False
+            row["retrain"] = _retrain(
+                retrain, instance, {"journey/trigger": "weekly"}, "weekly", settings
             )
-            row["retrain"] = {
-                "trigger": "weekly",
-                "run_id": run.run_id,
-                "champion": _metadata(run, "champion_model").get("champion_version"),
-            }
         per_day.append(row)
         if progress is not None:
             progress.advance(task)
@@ -163,8 +153,26 @@ def _feature_status(
 def _retrain_label(retrain: dict[str, Any] | None) -> str:
     if not retrain:
         return ""
-    champion = retrain.get("champion")
-    return f"{retrain['trigger']}: " + (f"champion v{champion}" if champion else "cold start")
+    if not retrain.get("challenger"):
+        return f"{retrain['trigger']}: cold start"
+    return f"{retrain['trigger']}: v{retrain['challenger']}, champion v{retrain['champion']}"
+
+
+def _retrain(
+    job, instance, tags: dict[str, str], trigger: str, settings: Settings
+) -> dict[str, Any]:
+    """Run the retrain job; report the challenger it registered and the champion after it."""
+    from journey_pipeline.decide import registry
+
+    run = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    client = registry.configure_mlflow(settings)
+    return {
+        "trigger": trigger,
+        "run_id": run.run_id,
+        "success": run.success,
+        "challenger": _metadata(run, "reward_model").get("challenger_version"),
+        "champion": registry.alias_version(client, registry.CHAMPION),
+    }
 
 
 def render_summary(summary: dict[str, Any]) -> Table:
@@ -188,9 +196,13 @@ def render_summary(summary: dict[str, Any]) -> Table:
         offers = sum(v for k, v in row["by_action"].items() if k != "no_offer")
         drift = row.get("drift_share")
         retrain = row["retrain"]
+        freshness = row["feature_freshness_hours"]
         table.add_row(
             row["day"],
             f"{row['events']:,}",
+            f"{row['feature_contacts']:,}",
+            "-" if freshness is None else f"{freshness:g}",
+            row["parity"],
             f"{row['decisions']:,}",
             f"{offers:,}",
             f"{row['crm_confirmed']:,}",

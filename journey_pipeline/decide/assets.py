@@ -6,7 +6,7 @@ from datetime import date
 import dagster as dg
 from pydantic import Field
 
-from journey_pipeline.decide import registry
+from journey_pipeline.decide import control, registry
 from journey_pipeline.decide.reward_model import TrainingConfig, train_reward_models
 from journey_pipeline.decide.scoring import day_triggers, labelled_decisions, score_day
 from journey_pipeline.features.contract import MODEL_FEATURES
@@ -166,13 +166,19 @@ def champion_model(
         return dg.MaterializeResult(
             metadata={"champion_version": champion or "none", "changed": False}
         )
-    change = registry.promote(
+    event = control.promote(
+        settings,
         challenger,
         who=f"dagster run {context.run_id[:8]}",
         why="passed the promotion gate",
-        settings=settings,
     )
-    return dg.MaterializeResult(metadata={**change.as_dict(), "changed": True})
+    return dg.MaterializeResult(
+        metadata={
+            **{k: str(v) for k, v in event.items()},
+            "champion_version": challenger,
+            "changed": True,
+        }
+    )
 
 
 decide_assets = [decisions, reward_model, champion_model]
