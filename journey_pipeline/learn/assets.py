@@ -15,7 +15,6 @@ from journey_pipeline.learn.analysis import (
     outcome_frame,
     outcome_rebuild_range,
 )
-from journey_pipeline.learn.drift import drift_report as run_drift_report
 from journey_pipeline.learn.experiment import analyse, plot_daily_lift
 from journey_pipeline.learn.guardrails import evaluate_guardrail
 from journey_pipeline.learn.outcomes import build_outcomes
@@ -124,6 +123,10 @@ def experiment_analysis(journey: JourneyResource) -> dg.MaterializeResult:
 )
 def drift_report(journey: JourneyResource) -> dg.MaterializeResult:
     from journey_pipeline.decide import registry
+
+    # Evidently takes seconds to import: load it when a drift report runs, not with the
+    # definitions that every run, sensor tick and CLI call loads.
+    from journey_pipeline.learn.drift import drift_report as run_drift_report
 
     settings = journey.settings()
     reference_end = registry.champion_training_end(settings)
