@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -439,13 +441,182 @@ def _ledger_matches_online(store: FeatureStore, ledger: pa.Table, sample_size: i
 # --------------------------------------------------------------------------------------------
 
 
+# Entity keys per SQLite statement, below SQLite's bound on host parameters.
+SQLITE_MAX_KEYS = 900
+
+
+class OnlineFeatureReader:
+    """Reads the feature service's features straight from Feast's online store.
+
+    ``FeatureStore.get_online_features`` rebuilds the feature service from its registry proto,
+    validates and regroups the request and assembles a response object on every call; for a
+    decision about one contact that costs far more than the read itself. This reader resolves
+    the feature service once (again every ``refresh_s`` seconds, the registry cache's TTL) and
+    per call reads the rows from the provider's online store: on Redis (and any other store)
+    with the store's own ``online_read``, on SQLite with that method's query on the same table
+    and serialized entity keys, minus the event timestamps it converts and then drops. The
+    values are decoded into contract-typed columns; :func:`feast_online_features` is the
+    reference path through ``get_online_features`` they are tested against.
+
+    One reader per store (:func:`online_reader`); safe to share between threads as far as the
+    online store's connection is (Feast's SQLite connection and redis-py client are).
+    """
+
+    def __init__(self, store: FeatureStore, *, refresh_s: float | None = None) -> None:
+        self.store = store
+        ttl = getattr(store.config.registry, "cache_ttl_seconds", None)
+        self.refresh_s = float(refresh_s if refresh_s is not None else ttl or 60)
+        self._views: list[tuple[FeatureView, list[str]]] | None = None
+        self._resolved_at = -math.inf
+        self._lock = threading.Lock()
+
+    def _resolved(self) -> list[tuple[FeatureView, list[str]]]:
+        """(feature view, requested feature names) of the feature service, cached."""
+        views = self._views
+        if views is not None and time.monotonic() - self._resolved_at < self.refresh_s:
+            return views
+        with self._lock:
+            if self._views is None or time.monotonic() - self._resolved_at >= self.refresh_s:
+                service = self.store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+                resolved = []
+                for projection in service.feature_view_projections:
+                    view = self.store.get_feature_view(projection.name, allow_registry_cache=True)
+                    resolved.append((view, [f.name for f in projection.features]))
+                missing = set(FEATURES) - {n for _, names in resolved for n in names}
+                if missing:
+                    raise ValueError(
+                        f"the feature service {FEATURE_SERVICE!r} lacks the contract features "
+                        f"{sorted(missing)}"
+                    )
+                self._views, self._resolved_at = resolved, time.monotonic()
+            return self._views
+
+    def read(self, contact_ids: Sequence[str]) -> pd.DataFrame:
+        """Same result as :func:`online_features` (which calls this)."""
+        ids = [str(contact_id) for contact_id in contact_ids]
+        return _typed_frame(ids, self.read_values(ids))
+
+    def read_values(self, contact_ids: Sequence[str]) -> dict[str, list[Any]]:
+        """Feature name -> one plain Python value (None when absent) per contact id."""
+        ids = [str(contact_id) for contact_id in contact_ids]
+        values: dict[str, list[Any]] = {name: [None] * len(ids) for name in FEATURES}
+        if not ids:
+            return values
+        online_store = self.store._get_provider().online_store
+        keys = [_entity_key(contact_id) for contact_id in ids]
+        for view, names in self._resolved():
+            wanted = [name for name in names if name in values]
+            if isinstance(online_store, SqliteOnlineStore):
+                self._read_sqlite(online_store, view, keys, wanted, values)
+                continue
+            # online_read may append bookkeeping fields to the list it is given: pass a copy.
+            rows = online_store.online_read(self.store.config, view, keys, list(names))
+            for i, (_, row) in enumerate(rows):
+                if not row:
+                    continue
+                for name in wanted:
+                    proto = row.get(name)
+                    if proto is not None:
+                        _put(values[name], i, proto)
+        return values
+
+    def _read_sqlite(
+        self,
+        online_store: SqliteOnlineStore,
+        view: FeatureView,
+        keys: list[EntityKeyProto],
+        wanted: list[str],
+        values: dict[str, list[Any]],
+    ) -> None:
+        """The rows ``SqliteOnlineStore.online_read`` reads (same table, same serialized
+        keys), without the event timestamps it converts for every value and then drops."""
+        config = self.store.config
+        version = config.entity_key_serialization_version
+        serialized = [
+            serialize_entity_key(key, entity_key_serialization_version=version) for key in keys
+        ]
+        positions: dict[bytes, list[int]] = {}
+        for i, key in enumerate(serialized):
+            positions.setdefault(key, []).append(i)
+        table = sqlite_table_id(
+            config.project, view, config.registry.enable_online_feature_view_versioning
+        )
+        wanted_set = set(wanted)
+        conn = online_store._get_conn(config)
+        unique = list(positions)
+        for start in range(0, len(unique), SQLITE_MAX_KEYS):
+            chunk = unique[start : start + SQLITE_MAX_KEYS]
+            rows = conn.execute(
+                f'SELECT entity_key, feature_name, value FROM "{table}" '
+                f"WHERE entity_key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for key, name, blob in rows:
+                if name not in wanted_set:
+                    continue
+                proto = ValueProto()
+                proto.ParseFromString(blob)
+                column = values[name]
+                for i in positions[key]:
+                    _put(column, i, proto)
+
+
+def _put(column: list[Any], i: int, proto: ValueProto) -> None:
+    """Store the plain value of ``proto`` (left None when the proto holds no value)."""
+    kind = proto.WhichOneof("val")
+    if kind is not None and kind != "null_val":
+        column[i] = getattr(proto, kind)
+
+
+_readers: weakref.WeakKeyDictionary[FeatureStore, OnlineFeatureReader] = weakref.WeakKeyDictionary()
+_readers_lock = threading.Lock()
+
+
+def online_reader(store: FeatureStore) -> OnlineFeatureReader:
+    """The :class:`OnlineFeatureReader` of ``store`` (created on first use)."""
+    reader = _readers.get(store)
+    if reader is None:
+        with _readers_lock:
+            reader = _readers.get(store)
+            if reader is None:
+                reader = _readers[store] = OnlineFeatureReader(store)
+    return reader
+
+
 def online_features(store: FeatureStore, contact_ids: Sequence[str]) -> pd.DataFrame:
     """Features of ``contact_ids`` from the online store, through the feature service.
 
     Returns one row per requested id (index ``contact_id``, in request order, duplicates
-    kept), one column per contract feature. A contact the store does not know comes back as
-    an all-null row: the caller decides the fallback.
+    kept), one column per contract feature with its contract dtype (:func:`typed_features`).
+    A contact the store does not know comes back as an all-null row: the caller decides the
+    fallback. Reads go through :class:`OnlineFeatureReader`; the values are those
+    ``store.get_online_features`` returns for the feature service.
     """
+    return online_reader(store).read(contact_ids)
+
+
+def _typed_frame(ids: list[str], values: Mapping[str, list[Any]]) -> pd.DataFrame:
+    """Contract-typed frame (index ``contact_id``) from per-feature lists of plain values."""
+    n = len(ids)
+    columns: dict[str, Any] = {}
+    for name, typ in FEATURES.items():
+        column = values[name]
+        if typ == "INTEGER":
+            mask = np.fromiter((v is None for v in column), dtype=bool, count=n)
+            data = np.fromiter((0 if v is None else v for v in column), dtype=np.int32, count=n)
+            columns[name] = pd.arrays.IntegerArray(data, mask)
+        elif typ == "DOUBLE":
+            columns[name] = np.fromiter(
+                (math.nan if v is None else v for v in column), dtype=np.float64, count=n
+            )
+        else:
+            columns[name] = np.array(column, dtype=object)
+    return pd.DataFrame(columns, index=pd.Index(ids, name=ENTITY_KEY, dtype=object))
+
+
+def feast_online_features(store: FeatureStore, contact_ids: Sequence[str]) -> pd.DataFrame:
+    """:func:`online_features` through ``store.get_online_features`` and its response's
+    ``to_df`` (the reference the lean reader is checked against)."""
     ids = [str(contact_id) for contact_id in contact_ids]
     columns = list(FEATURES)
     if not ids:

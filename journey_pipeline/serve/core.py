@@ -23,6 +23,12 @@ long-lived process needs around them:
   trigger id is the caller's or one derived from the request, and the answer for a
   decision_id is fixed by the first decision (kept in a bounded in-memory map here, and by the
   log's first-write-wins across restarts).
+- **Per-decision cost.** Features come from :func:`online_features`, whose reader asks the
+  online store for the rows directly (the same keys and values as Feast's
+  ``get_online_features``, without rebuilding the feature service and a response per call);
+  :meth:`decide_many` decides any number of requests in one feature lookup and one policy
+  call (the HTTP app hands it every request waiting, the stream a whole poll) and builds
+  the answers column by column.
 - **Failure is a decision.** When the feature store cannot be read (Redis down, registry
   missing), the policy's built-in no-features fallback decides (``no_offer``) and the
   ``fallback_reason`` says ``feature_store_unavailable: <error type>``; no exception escapes.
@@ -35,12 +41,14 @@ import math
 import threading
 import time
 import uuid
+from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -185,6 +193,65 @@ def decision_response(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _missing(value: Any) -> bool:
+    """None, NaN or pd.NA (what a null looks like in a decision-log column)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def decision_responses(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """:func:`decision_response` of every row of a decision-log frame, column by column
+    (the same dicts, without a per-row pass through pandas)."""
+    if rows.empty:
+        return []
+
+    def text_or_none(values: Sequence[Any]) -> list[str | None]:
+        return [None if _missing(v) else str(v) for v in values]
+
+    def parsed(values: Sequence[Any]) -> list[Any]:
+        return [(orjson.loads(v) if isinstance(v, str) else v) or [] for v in values]
+
+    def column(name: str, cast: Callable[[Any], Any]) -> list[Any]:
+        return [cast(v) for v in rows[name].tolist()]
+
+    # Naive timestamps are UTC: written as pd.Timestamp(...).tz_localize("UTC").isoformat().
+    decided_at = [
+        stamp.tz_convert("UTC").isoformat() if stamp.tzinfo else f"{stamp.isoformat()}+00:00"
+        for stamp in map(pd.Timestamp, rows["decided_at"].tolist())
+    ]
+    columns = zip(
+        column("decision_id", str),
+        column("contact_id", str),
+        column("trigger_event_id", str),
+        column("action", str),
+        column("propensity", float),
+        parsed(rows["explanation"].tolist()),
+        column("policy_version", str),
+        text_or_none(rows["model_version"].tolist()),
+        column("holdout", bool),
+        parsed(rows["rules_applied"].tolist()),
+        text_or_none(rows["fallback_reason"].tolist()),
+        column("mode", str),
+        decided_at,
+        strict=True,
+    )
+    keys = (
+        "decision_id",
+        "contact_id",
+        "trigger_event_id",
+        "action",
+        "propensity",
+        "explanation",
+        "policy_version",
+        "model_version",
+        "holdout",
+        "rules_applied",
+        "fallback_reason",
+        "mode",
+        "decided_at",
+    )
+    return [dict(zip(keys, values, strict=True)) for values in columns]
+
+
 class ServiceMetrics:
     """Prometheus metrics of one service instance, in their own registry (so several
     instances in one process never collide)."""
@@ -214,6 +281,12 @@ class ServiceMetrics:
             "journey_errors",
             f"Errors, by kind ({', '.join(ERROR_KINDS)}, or an HTTP error code).",
             ["kind"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "journey_decision_batch_size",
+            "Requests decided together in one feature lookup and policy call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=self.registry,
         )
         self.buffered = Gauge(
@@ -495,6 +568,7 @@ class DecisionService:
                     self._recent.move_to_end(decision_id)
                     answers[i] = known
         todo = [i for i, answer in enumerate(answers) if answer is None]
+        self.metrics.batch_size.observe(len(requests))
         # Two requests for one contact with different contexts cannot share a context frame.
         groups = _context_groups([requests[i] for i in todo])
         for group in groups:
@@ -502,10 +576,16 @@ class DecisionService:
             rows = self._decide_rows(
                 policy, [requests[p] for p in positions], [trigger_ids[p] for p in positions]
             )
-            fresh = self._remember(rows)
-            self._buffer_decisions(rows[rows["decision_id"].isin(fresh)])
-            for position, record in zip(positions, rows.to_dict(orient="records"), strict=True):
-                answers[position] = decision_response(record)
+            responses = decision_responses(rows)
+            with self._recent_lock:
+                fresh = [r["decision_id"] not in self._recent for r in responses]
+            self._count([r for r, new in zip(responses, fresh, strict=True) if new])
+            if all(fresh):
+                self._buffer_decisions(rows)
+            else:
+                self._buffer_decisions(rows[np.asarray(fresh, dtype=bool)])
+            for position, response in zip(positions, responses, strict=True):
+                answers[position] = response
         with self._recent_lock:
             for i in todo:
                 self._recent.setdefault(ids[i], answers[i])  # type: ignore[arg-type]
@@ -555,17 +635,18 @@ class DecisionService:
             rows.loc[no_features, "fallback_reason"] = store_error
         return rows
 
-    def _remember(self, rows: pd.DataFrame) -> set[str]:
-        """Count the decisions that are new to this process; return their ids."""
-        with self._recent_lock:
-            fresh = {d for d in rows["decision_id"] if d not in self._recent}
-        new_rows = rows[rows["decision_id"].isin(fresh)]
-        for (action, mode), count in new_rows.groupby(["action", "mode"]).size().items():
-            self.metrics.decisions.labels(action, mode).inc(int(count))
-        reasons = new_rows["fallback_reason"].dropna().astype(str).str.split(":").str[0]
-        for reason, count in reasons.value_counts().items():
-            self.metrics.fallbacks.labels(reason).inc(int(count))
-        return fresh
+    def _count(self, responses: Sequence[Mapping[str, Any]]) -> None:
+        """Count decisions new to this process by action and mode, and fallbacks by reason."""
+        by_action = Tally((r["action"], r["mode"]) for r in responses)
+        for (action, mode), count in by_action.items():
+            self.metrics.decisions.labels(action, mode).inc(count)
+        reasons = Tally(
+            str(r["fallback_reason"]).split(":")[0]
+            for r in responses
+            if r["fallback_reason"] is not None
+        )
+        for reason, count in reasons.items():
+            self.metrics.fallbacks.labels(reason).inc(count)
 
     # --------------------------------------------------------- buffer and flush
     def _buffer_decisions(self, rows: pd.DataFrame) -> None:
@@ -585,19 +666,29 @@ class DecisionService:
         with self._buffer_lock:
             return self._buffer_rows
 
-    def flush(self) -> int:
+    def flush(self, *, after_outbox: Callable[[], Any] | None = None) -> int:
         """Write every decision buffered so far: live offers into the outbox, then all into
         the decision log (both idempotent). Returns rows taken from the buffer. On failure
-        the rows go back to the front of the buffer and the error is raised."""
+        the rows go back to the front of the buffer and the error is raised.
+
+        ``after_outbox`` runs once the offers are in the outbox and before the log append
+        (the stream dispatches there, so the CRM write does not wait for the warehouse); an
+        error it raises is re-raised after the log append."""
         with self._flush_lock:
             with self._buffer_lock:
                 frames, self._buffer, self._buffer_rows = self._buffer, [], 0
             if not frames:
                 return 0
             batch = pd.concat(frames, ignore_index=True)
+            callback_error: Exception | None = None
             try:
                 if self.config.mode == "live":
                     self.outbox.enqueue(batch)
+                if after_outbox is not None:
+                    try:
+                        after_outbox()
+                    except Exception as exc:
+                        callback_error = exc
                 con = connect(
                     self.settings.warehouse_path, timeout_s=self.config.warehouse_timeout_s
                 )
@@ -613,6 +704,8 @@ class DecisionService:
                 raise
             finally:
                 self.metrics.buffered.set(self.buffered)
+            if callback_error is not None:
+                raise callback_error
             return len(batch)
 
     def dispatch(self) -> DispatchSummary:

@@ -13,8 +13,8 @@ decides, through the same :class:`DecisionService` as the HTTP API, on triggerin
 ``contact.deleted`` stops decisions for the contact in this consumer at once (the policy's
 erasure rule covers it durably once ingestion recorded the erasure).
 
-Per poll: decide the batch's triggers, flush (offers into the outbox, decisions into the
-log), dispatch the outbox, and only then commit the offsets. A crash anywhere re-delivers
+Per poll: decide the batch's triggers, put the offers into the outbox, dispatch the outbox,
+append the decisions to the log, and only then commit the offsets. A crash anywhere re-delivers
 the uncommitted events, which are decided again with the same decision_id (contact, event
 id, policy version), so the outbox and the CRM absorb the repeat: at-least-once
 consumption, exactly-once effect on the CRM. Unreadable records are counted and logged and
@@ -152,6 +152,9 @@ class StreamDecider:
         self.detector = TriggerDetector()
         self.summary = StreamSummary()
 
+    def _send(self) -> None:
+        self.summary.crm_confirmed += self.service.dispatch().confirmed
+
     def process(self, messages: list[Message]) -> list[TopicPartition]:
         """Decide, flush and dispatch for ``messages``; return the offsets to commit."""
         requests: list[DecisionRequest] = []
@@ -196,10 +199,20 @@ class StreamDecider:
             elapsed = time.perf_counter() - started
             for _ in answers:
                 self.service.metrics.latency.labels("stream").observe(elapsed)
-        # Durable before the commit: offers in the outbox, decisions in the log.
-        self.service.flush()
-        if self.dispatch and requests and self.service.config.mode == "live":
-            self.summary.crm_confirmed += self.service.dispatch().confirmed
+        # Durable before the commit: offers in the outbox, decisions in the log. The outbox
+        # is dispatched as soon as the offers are in it, before the decision-log append: a
+        # crash in between replays the events, decided again with the same decision_ids,
+        # which the outbox has already confirmed.
+        send = self.dispatch and bool(requests) and self.service.config.mode == "live"
+        sent: list[bool] = []
+
+        def send_once() -> None:
+            sent.append(True)
+            self._send()
+
+        self.service.flush(after_outbox=send_once if send else None)
+        if send and not sent:  # nothing new to flush (a replay): offers may still be due
+            self._send()
         self.summary.batches += 1
         return _next_offsets(messages)
 
