@@ -3,6 +3,12 @@
 Every path the project writes derives from ``JOURNEY_HOME`` (default ``./data``), so tests and
 parallel runs each get their own home. ``JOURNEY_PROFILE`` selects ``local`` (embedded stores,
 the default) or ``production`` (PostgreSQL, Redis, Kafka).
+
+The production profile refuses to start without what it needs, and the error names every
+missing variable: ``JOURNEY_PII_KEY``, ``JOURNEY_POSTGRES_DSN`` (Feast SQL registry, MLflow,
+CRM outbox), ``JOURNEY_REDIS_URL`` (Feast online store), and the chosen CRM adapter's endpoint
+and secret. The Dagster instance's own variables are checked by
+:func:`journey_pipeline.instance.dagster_instance`.
 """
 
 from __future__ import annotations
@@ -77,7 +83,13 @@ class Settings:
 
     @property
     def mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+        """``JOURNEY_MLFLOW_URI``; else the PostgreSQL DSN under the production profile; else
+        ``sqlite:///$JOURNEY_HOME/mlflow.db``."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.is_production and self.postgres_dsn:
+            return postgresql_url(self.postgres_dsn)
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
     @property
     def mlflow_artifacts_dir(self) -> Path:
@@ -99,6 +111,42 @@ class Settings:
             path.mkdir(parents=True, exist_ok=True)
 
 
+def postgresql_url(dsn: str) -> str:
+    """``dsn`` with the ``postgresql://`` scheme SQLAlchemy expects (``postgres://`` is the
+    libpq spelling many platforms hand out)."""
+    return "postgresql://" + dsn[len("postgres://") :] if dsn.startswith("postgres://") else dsn
+
+
+# What each variable the production profile requires is for (checked by load_settings).
+PRODUCTION_REQUIRED = {
+    "JOURNEY_PII_KEY": (
+        "the secret key that tokenises email addresses and phone numbers, e.g. "
+        "`export JOURNEY_PII_KEY=$(openssl rand -hex 32)`"
+    ),
+    "JOURNEY_POSTGRES_DSN": (
+        "PostgreSQL for the Feast SQL registry, MLflow and the CRM outbox, e.g. "
+        "postgresql://journey:secret@db:5432/journey"
+    ),
+    "JOURNEY_REDIS_URL": "Redis for the Feast online store, e.g. redis://redis:6379/0",
+}
+CRM_REQUIRED = {
+    "webhook": {
+        "JOURNEY_CRM_WEBHOOK_URL": "the endpoint the webhook CRM adapter POSTs decisions to",
+        "JOURNEY_CRM_WEBHOOK_SECRET": "the HMAC secret that signs each webhook body",
+    },
+    "hubspot": {"JOURNEY_HUBSPOT_TOKEN": "the HubSpot private-app access token"},
+}
+CRM_KINDS = ("local", "webhook", "hubspot")
+
+
+def missing_production_variables(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(variable, what it is for)`` for each variable the production profile needs that
+    ``env`` leaves unset or empty, in a stable order."""
+    wanted = dict(PRODUCTION_REQUIRED)
+    wanted.update(CRM_REQUIRED.get(env.get("JOURNEY_CRM", "local").strip().lower(), {}))
+    return [(name, why) for name, why in wanted.items() if not env.get(name, "").strip()]
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -107,16 +155,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"JOURNEY_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}"
         )
+    crm_kind = env.get("JOURNEY_CRM", "local").strip().lower() or "local"
+    if crm_kind not in CRM_KINDS:
+        raise SettingsError(
+            f"JOURNEY_CRM={crm_kind!r} is not a CRM adapter; use one of {', '.join(CRM_KINDS)}"
+        )
     home = Path(env.get("JOURNEY_HOME", "data")).expanduser().absolute()
     raw_key = env.get("JOURNEY_PII_KEY", "")
+    if profile == "production":
+        missing = missing_production_variables(env)
+        if missing:
+            raise SettingsError(
+                "the production profile (JOURNEY_PROFILE=production) is missing "
+                + "; ".join(f"{name}: {why}" for name, why in missing)
+                + ". See docs/deploy.md for every production variable."
+            )
     if raw_key:
         key, is_default = raw_key.encode(), False
-    elif profile == "production":
-        raise SettingsError(
-            "JOURNEY_PII_KEY is not set. The production profile needs a secret key for "
-            "tokenising email addresses and phone numbers: export JOURNEY_PII_KEY=<32+ random "
-            "bytes>, e.g. `export JOURNEY_PII_KEY=$(openssl rand -hex 32)`."
-        )
     else:
         key, is_default = DEV_PII_KEY.encode(), True
         warnings.warn(
@@ -136,7 +191,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_group_id=env.get("JOURNEY_KAFKA_GROUP", "journey-observe"),
         postgres_dsn=env.get("JOURNEY_POSTGRES_DSN"),
         redis_url=env.get("JOURNEY_REDIS_URL"),
-        crm_kind=env.get("JOURNEY_CRM", "local"),
+        crm_kind=crm_kind,
         crm_webhook_url=env.get("JOURNEY_CRM_WEBHOOK_URL"),
         crm_webhook_secret=env.get("JOURNEY_CRM_WEBHOOK_SECRET"),
         hubspot_access_token=env.get("JOURNEY_HUBSPOT_TOKEN"),

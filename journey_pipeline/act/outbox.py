@@ -416,8 +416,14 @@ class Outbox:
             token = str(uuid.uuid4())
             claimed, skipped = self._claim(token, now, max_batch)
             summary.skipped += skipped
-            for row in claimed:
-                self._dispatch_row(row, token, adapter, summary, clock, rng, on_step)
+            try:
+                for row in claimed:
+                    self._dispatch_row(row, token, adapter, summary, clock, rng, on_step)
+            except sa.exc.DBAPIError:
+                # The store failed under us (a database restart, a dropped connection). Hand
+                # the batch back so the next dispatcher need not wait for the lease to expire.
+                self._release(token, clock, sleep)
+                raise
             if claimed:
                 continue
             if skipped:
@@ -429,6 +435,33 @@ class Outbox:
                 break
             sleep((next_due - now).total_seconds())
         return summary
+
+    def _release(
+        self, token: str, clock: Clock, sleep: Sleep, attempts: int = 10, wait_s: float = 0.5
+    ) -> bool:
+        """Make every row still leased to ``token`` claimable again at once; returns whether
+        that was recorded.
+
+        Called when the store failed mid-batch. A row already marked ``sent`` may or may not
+        have reached the CRM: it becomes due again and is re-sent with the same idempotency
+        key, so the CRM returns the task it has. The store may still be coming back, so the
+        release is tried ``attempts`` times ``wait_s`` apart; if it never succeeds the leases
+        simply expire after ``lease_seconds``.
+        """
+        t = self.outbox.c
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        self.outbox.update()
+                        .where(t.lease_token == token, t.status.in_(("pending", "sent")))
+                        .values(lease_token=None, lease_expires_at=_as_db_time(clock()))
+                    )
+                return True
+            except sa.exc.DBAPIError:
+                if attempt + 1 < attempts:
+                    sleep(wait_s)
+        return False
 
     def _due(self, now: datetime) -> sa.ColumnElement[bool]:
         t = self.outbox.c

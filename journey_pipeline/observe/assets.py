@@ -26,6 +26,13 @@ class IngestConfig(dg.Config):
             "next run instead of being dead-lettered."
         ),
     )
+    kafka_idle_timeout_s: float = Field(
+        default=5.0,
+        description=(
+            "With JOURNEY_KAFKA_BOOTSTRAP set: stop draining the topic after this many "
+            "seconds without a message."
+        ),
+    )
 
 
 @dg.asset(
@@ -36,7 +43,9 @@ class IngestConfig(dg.Config):
     pool="warehouse",
     description=(
         "Canonical CRM events of one day, validated, PII-tokenised and deduplicated by "
-        "event_id into raw.events; bad records go to ops.dead_letter with a reason."
+        "event_id into raw.events; bad records go to ops.dead_letter with a reason. With "
+        "JOURNEY_KAFKA_BOOTSTRAP set, the Kafka topic is drained too (offsets committed after "
+        "the warehouse write)."
     ),
 )
 def raw_events(
@@ -49,8 +58,15 @@ def raw_events(
         context.log.info(f"no landing files for {day} in {settings.landing_dir}")
     started = time.perf_counter()
     summary = ingest_files(settings.warehouse_path, files, settings, follow=config.follow)
-    seconds = time.perf_counter() - started
     counts = summary.as_dict()
+    kafka: dict = {}
+    if settings.kafka_bootstrap_servers:
+        from journey_pipeline.observe.kafka_source import consume
+
+        kafka = consume(settings, idle_timeout_s=config.kafka_idle_timeout_s).as_dict()
+        for key in ("received", "accepted", "duplicates", "dead_lettered"):
+            counts[key] += kafka[key]
+    seconds = time.perf_counter() - started
     # Event lag: from the newest landing file being written to its events being queryable.
     lag = time.time() - max(f.stat().st_mtime for f in files) if files else None
     with warehouse(settings.warehouse_path) as con:
@@ -67,6 +83,15 @@ def raw_events(
             "dead_lettered": counts["dead_lettered"],
             "dagster/row_count": rows_for_day,
             "batch_id": str(counts.get("batch_id", "")),
+            **(
+                {
+                    "kafka_received": kafka["received"],
+                    "kafka_accepted": kafka["accepted"],
+                    "kafka_batch_id": str(kafka["batch_id"]),
+                }
+                if kafka
+                else {}
+            ),
         }
     )
 
