@@ -29,8 +29,11 @@ setup: $(BIN)/journey
 demo: setup
 	$(BIN)/journey demo
 
+# Two workers by default (TEST_WORKERS=0 runs serially); a test module stays on one worker,
+# so its module-scoped fixtures (a simulated loop, a Dagster instance) are built once.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check journey_pipeline tests bench
