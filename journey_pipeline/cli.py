@@ -117,22 +117,36 @@ def demo(
         int | None, typer.Option(help="Day index from which behaviour drifts.")
     ] = None,
 ) -> None:
-    """Run the closed loop on a simulated world through Dagster, day by day, and report."""
+    """Run the closed loop on a simulated world through Dagster, day by day, and report.
+
+    Prints each day, the policy's margin against the oracle and baselines; writes the report.
+    """
     from journey_pipeline.demo import run_demo
 
     settings = _settings()
-    with _progress() as progress:
-        summary = run_demo(
-            settings,
-            days=days,
-            contacts=contacts,
-            seed=seed,
-            drift_day=drift_day,
-            progress=progress,
-        )
-    from journey_pipeline.demo import render_summary
+    try:
+        with _progress() as progress:
+            summary = run_demo(
+                settings,
+                days=days,
+                contacts=contacts,
+                seed=seed,
+                drift_day=drift_day,
+                progress=progress,
+            )
+    except SettingsError as exc:  # e.g. the production Dagster instance's variables
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    from journey_pipeline.demo import render_margins, render_summary
 
     console.print(render_summary(summary))
+    margins = render_margins(summary)
+    if margins is None:
+        console.print("no live decision could be evaluated against the oracle yet")
+    else:
+        console.print(margins)
+    if summary["report"]:
+        console.print(f"report: {summary['report']}")
     print(json.dumps(summary, default=str))
 
 

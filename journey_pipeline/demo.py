@@ -6,6 +6,12 @@ decides for the day's triggered contacts, writes the decisions to the CRM and up
 outcomes; `analysis_job` measures lift, drift, the guardrail and the scoreboard. The drift
 sensor is evaluated on its own code after each analysis and its run request executed (under
 `make ui` the Dagster daemon does this); a weekly retrain is the fallback cadence.
+
+At the end the HTML report (:mod:`journey_pipeline.demo_report`) is written to
+``JOURNEY_HOME/reports/demo.html`` from what the run stored, and the summary carries the
+policy's incremental margin against the oracle and the baselines (:func:`render_margins`).
+A rich ``Progress`` given to :func:`run_demo` shows one bar per stage (simulate, daily loop,
+analysis and drift sensor, retrain, report) and the day and stage under way.
 """
 
 from __future__ import annotations
@@ -15,15 +21,52 @@ import time
 from typing import Any
 
 import dagster as dg
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from journey_pipeline.demo_report import DEMO_DAY_TAG, TRIGGER_TAG
 from journey_pipeline.instance import dagster_instance
 from journey_pipeline.settings import Settings
 
 DAILY_JOB = "daily_loop_job"
 RETRAIN_JOB = "retrain_job"
 ANALYSIS_JOB = "analysis_job"
+
+
+STAGES = ("simulate", "daily loop", "analysis + drift sensor", "retrain")
+
+
+class _StageProgress:
+    """One progress bar per stage plus an overall bar naming the day and stage under way;
+    also adds up the seconds spent in each stage. Works without a ``Progress`` (no bars)."""
+
+    def __init__(self, progress: Progress | None, days: int) -> None:
+        self.progress, self.days = progress, days
+        self.seconds: dict[str, float] = {stage: 0.0 for stage in (*STAGES, "report")}
+        self.tasks: dict[str, TaskID] = {}
+        if progress is not None:
+            self.overall = progress.add_task("demo", total=days)
+            for stage in STAGES:
+                self.tasks[stage] = progress.add_task(f"  {stage}", total=days)
+            self.tasks["report"] = progress.add_task("  report", total=1)
+
+    def start(self, day_index: int, day: str | None, stage: str) -> float:
+        if self.progress is not None:
+            label = f"day {day_index + 1}/{self.days}" + (f" ({day})" if day else "")
+            self.progress.update(self.overall, description=f"demo {label}: {stage}")
+        return time.perf_counter()
+
+    def done(self, stage: str, started: float, description: str | None = None) -> None:
+        self.seconds[stage] += time.perf_counter() - started
+        if self.progress is not None:
+            task = self.tasks[stage]
+            self.progress.advance(task)
+            if description:
+                self.progress.update(task, description=f"  {description}")
+
+    def day_done(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.overall)
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset_name: str) -> dict[str, Any]:
@@ -43,11 +86,15 @@ def run_demo(
     drift_day: int | None = None,
     retrain_every: int = 7,
     progress: Progress | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Simulate ``days`` days and run the loop for each through Dagster.
+    """Simulate ``days`` days and run the loop for each through Dagster, then (``report``)
+    write the HTML report.
 
     Returns what ran, per day (events, decisions by action, CRM tasks, drift share, retrains
-    with what triggered them, run ids) and at the end (scoreboard, totals, seconds).
+    with what triggered them, run ids, seconds) and at the end (scoreboard, totals, the
+    policy's margin against the oracle and the baselines, the report's path, seconds in total
+    and per stage).
     """
     from journey_pipeline.definitions import defs
     from journey_pipeline.resources import JourneyResource
@@ -59,11 +106,16 @@ def run_demo(
     sensor_cursor: str | None = None
     started = time.perf_counter()
     per_day: list[dict[str, Any]] = []
-    task = progress.add_task("loop days", total=days) if progress else None
+    stages = _StageProgress(progress, days)
+    retrains = 0
     for index in range(days):
+        day_started = clock = stages.start(index, None, "simulate")
         sim = simulate(settings, days=1, contacts=contacts, seed=seed, drift_day=drift_day)
         day = str(sim["last_date"])
+        stages.done("simulate", clock)
+        clock = stages.start(index, day, "daily loop")
         loop = daily.execute_in_process(instance=instance, partition_key=day)
+        stages.done("daily loop", clock)
         ingest, decided = _metadata(loop, "raw_events"), _metadata(loop, "decisions")
         writeback = _metadata(loop, "crm_writeback")
         online = _metadata(loop, "online_features")
@@ -80,6 +132,7 @@ def run_demo(
             "run_id": loop.run_id,
             "retrain": None,
         }
+        clock = stages.start(index, day, "analysis + drift sensor")
         checks = analysis.execute_in_process(instance=instance)
         drift = _metadata(checks, "drift_report")
         row["drift_share"] = drift.get("drift_share")
@@ -88,26 +141,38 @@ def run_demo(
         ) as context:
             request = drift_sensor(context)
             sensor_cursor = context.cursor
+        stages.done("analysis + drift sensor", clock)
+        clock = stages.start(index, day, "retrain")
         if isinstance(request, dg.RunRequest):
             tags = {
                 **request.tags,
                 "dagster/sensor_name": drift_sensor.name,
                 "dagster/run_key": request.run_key,
+                DEMO_DAY_TAG: day,
             }
             row["retrain"] = _retrain(retrain, instance, tags, "drift", settings)
         elif retrain_every and (index + 1) % retrain_every == 0:
-            row["retrain"] = _retrain(
-                retrain, instance, {"journey/trigger": "weekly"}, "weekly", settings
-            )
+            tags = {TRIGGER_TAG: "weekly", DEMO_DAY_TAG: day}
+            row["retrain"] = _retrain(retrain, instance, tags, "weekly", settings)
+        retrains += bool(row["retrain"])
+        stages.done("retrain", clock, f"retrain ({retrains} run{'s' if retrains != 1 else ''})")
+        row["seconds"] = round(time.perf_counter() - day_started, 1)
         per_day.append(row)
-        if progress is not None:
-            progress.advance(task)
+        stages.day_done()
     scoreboard_path = settings.reports_dir / "scoreboard.parquet"
     scoreboard = []
     if scoreboard_path.exists():
         import pandas as pd
 
         scoreboard = json.loads(pd.read_parquet(scoreboard_path).to_json(orient="records"))
+    report_path, margins = None, []
+    if report:
+        from journey_pipeline.demo_report import write_demo_report
+
+        clock = stages.start(days - 1, None, "report")
+        report_path, data = write_demo_report(settings, instance)
+        margins = data["margins"]
+        stages.done("report", clock)
     return {
         "home": str(settings.home),
         "days": days,
@@ -122,7 +187,10 @@ def run_demo(
             "crm_tasks_confirmed": sum(r["crm_confirmed"] for r in per_day),
             "retrains": sum(1 for r in per_day if r["retrain"]),
         },
+        "margins": margins,
+        "report": str(report_path) if report_path else None,
         "seconds": round(time.perf_counter() - started, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in stages.seconds.items()},
     }
 
 
@@ -175,6 +243,28 @@ def _retrain(
     }
 
 
+def render_margins(summary: dict[str, Any]) -> Table | None:
+    """The policy's incremental margin against the oracle and the baselines (the rows of
+    :func:`journey_pipeline.demo_report.margin_rows`), or None when nothing could be
+    evaluated yet."""
+    rows = summary.get("margins") or []
+    if not rows:
+        return None
+    table = Table(title="incremental margin against no_offer (USD)")
+    for column in ("policy", "margin", "share of oracle", "decisions", "basis"):
+        table.add_column(column, justify="left" if column in ("policy", "basis") else "right")
+    for row in rows:
+        margin, share = row["incremental_margin"], row["share_of_oracle"]
+        table.add_row(
+            row["policy"],
+            "-" if margin is None else f"{margin:,.2f}",
+            "-" if share is None else f"{100 * share:.1f}%",
+            f"{row['decisions']:,}",
+            row["basis"],
+        )
+    return table
+
+
 def render_summary(summary: dict[str, Any]) -> Table:
     """Per-day table for the terminal."""
     table = Table(title=f"journey demo: {summary['days']} days, {summary['contacts']:,} contacts")
@@ -189,6 +279,7 @@ def render_summary(summary: dict[str, Any]) -> Table:
         "CRM tasks",
         "drift",
         "retrain",
+        "s",
     )
     for column in columns:
         table.add_column(column, justify="right")
@@ -208,6 +299,10 @@ def render_summary(summary: dict[str, Any]) -> Table:
             f"{row['crm_confirmed']:,}",
             f"{drift:.2f}" if isinstance(drift, float) else "-",
             _retrain_label(retrain),
+            f"{row['seconds']:.0f}",
         )
-    table.caption = f"{summary['seconds']} s; state in {summary['home']}; runs visible in `make ui`"
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("stage_seconds", {}).items())
+    table.caption = (
+        f"{summary['seconds']} s ({stages}); state in {summary['home']}; runs visible in `make ui`"
+    )
     return table

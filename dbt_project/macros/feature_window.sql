@@ -4,7 +4,9 @@
       empty                 true when there is nothing to build (no events, or start > end)
 
     vars start_date / end_date (ISO dates) give the window explicitly: a Dagster partition
-    window or a backfill. Without them the run continues after the latest built day (or from
+    window or a backfill; without a var, the environment variable JOURNEY_FEATURE_START_DATE /
+    JOURNEY_FEATURE_END_DATE does (Dagster passes the window this way, so the command line and
+    dbt's partial parse stay the same from day to day). Without them the run continues after the latest built day (or from
     the day after the first event on a first build) up to the day after the newest event, the
     first day whose cutoff has seen every event. -#}
 {% macro feature_window(lookback_days=90) %}
@@ -15,8 +17,8 @@
                    'lookback_start': placeholder, 'empty': true}) }}
     {%- endif -%}
 
-    {%- set start_var = var('start_date', none) -%}
-    {%- set end_var = var('end_date', none) -%}
+    {%- set start_var = var('start_date', none) or env_var('JOURNEY_FEATURE_START_DATE', '') -%}
+    {%- set end_var = var('end_date', none) or env_var('JOURNEY_FEATURE_END_DATE', '') -%}
 
     {%- set bounds_sql -%}
         select min(event_date), max(event_date) from {{ source('raw', 'events') }}

@@ -22,6 +22,12 @@ from pathlib import Path
 FEATURE_MART = "contact_features_daily"
 FEATURE_EXPORT = "contact_features_export"
 
+# dbt var -> environment variable the ``feature_window`` macro falls back to.
+FEATURE_WINDOW_ENV = {
+    "start_date": "JOURNEY_FEATURE_START_DATE",
+    "end_date": "JOURNEY_FEATURE_END_DATE",
+}
+
 
 def _as_date(value: dt.date | dt.datetime | str, name: str) -> dt.date:
     """Return ``value`` as a date; datetimes must be midnight (partition bounds always are)."""
@@ -71,6 +77,21 @@ def partition_window_vars(
     """dbt vars for a Dagster partition window ``[window_start, window_end)`` (one partition or
     a single-run backfill of many): the feature dates ``window_start + 1 .. window_end``."""
     return feature_window_vars(*feature_dates_for_partition_window(window_start, window_end))
+
+
+def feature_window_env(dbt_vars: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables that give dbt the feature window ``dbt_vars`` (the dict of
+    :func:`partition_window_vars`): ``{JOURNEY_FEATURE_START_DATE, JOURNEY_FEATURE_END_DATE}``.
+
+    Raises ``ValueError`` for a var that is not a window bound or a bound that is not an ISO
+    date, so a typo never silently builds the default window."""
+    unknown = set(dbt_vars) - set(FEATURE_WINDOW_ENV)
+    if unknown:
+        raise ValueError(f"not feature window vars: {sorted(unknown)}")
+    return {
+        FEATURE_WINDOW_ENV[name]: _as_date(value, name).isoformat()
+        for name, value in dbt_vars.items()
+    }
 
 
 def dbt_build_args(

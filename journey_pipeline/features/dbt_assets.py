@@ -13,23 +13,36 @@ so a failing test stops downstream assets instead of serving bad features. The d
 
 The dbt subprocess opens the DuckDB warehouse file itself: a caller in the same process must
 not hold a connection to it while these assets run (DuckDB allows one writing process per file).
+
+What a daily run costs, and what keeps it low: each run starts one ``dbt build`` process. Its
+artifacts go to one target folder per ``JOURNEY_HOME`` (``JOURNEY_HOME/dbt/target``) instead of
+a fresh folder per run, and the partition window reaches dbt through environment variables
+(:func:`.dbt_args.feature_window_env`) instead of ``--vars``, so the command line, the profile
+and the previous run's ``partial_parse.msgpack`` match and dbt re-parses nothing. The dbt
+version is read once per process, not with a ``dbt --version`` subprocess per run.
 """
 
+import functools
 import gc
 import os
+import re
 import shutil
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
+from packaging import version
 
 from journey_pipeline.features.dbt_args import (
     FEATURE_MART,
     absolute_journey_paths,
     dbt_build_args,
+    feature_window_env,
     partition_window_vars,
 )
 from journey_pipeline.partitions import daily_partitions
@@ -96,12 +109,56 @@ if shutil.which("dbt"):
 ensure_dbt_manifest()
 
 
+@functools.cache
+def dbt_cli_version(executable: str) -> version.Version:
+    """Version of the dbt CLI ``executable``, asked once per process (``dbt --version`` starts
+    a Python process that imports dbt: seconds, on every run otherwise)."""
+    output = subprocess.check_output([executable, "--version"]).decode("utf-8")
+    match = re.search(r"(\d+\.\d+\.\d+)", output)
+    if not match:
+        raise ValueError(f"could not read the dbt version from `{executable} --version`: {output}")
+    return version.parse(match.group(1))
+
+
+class JourneyDbtCliResource(DbtCliResource):
+    """dagster-dbt's ``DbtCliResource`` with the dbt version cached per process.
+
+    Dagster builds a new resource object for every run, and the stock resource runs
+    ``dbt --version`` once per object before each dbt command."""
+
+    @property
+    def _cli_version(self) -> version.Version:
+        return dbt_cli_version(self.dbt_executable)
+
+
 def dbt_resource(target: str | None = None) -> DbtCliResource:
     """The ``dbt`` resource the feature assets need: the project's CLI on ``target``
     (``local`` DuckDB when None; ``postgres`` for the production profile)."""
-    return DbtCliResource(
+    return JourneyDbtCliResource(
         project_dir=journey_dbt_project, target=target, dbt_executable=dbt_executable()
     )
+
+
+def dbt_target_path(home: Path) -> Path:
+    """The dbt target folder of the state under ``home``: artifacts and the partial parse that
+    the next run reuses. One per home, because the parse depends on the profile's paths."""
+    return home / "dbt" / "target"
+
+
+@contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment for the ``with`` block, then restore
+    what was there. dagster-dbt copies the environment when it starts the dbt process."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def prepare_dbt_environment() -> Path:
@@ -132,8 +189,28 @@ def release_warehouse(invocation: Any) -> None:
         from dbt.adapters.duckdb.connections import DuckDBConnectionManager
     except ImportError:  # another adapter: nothing holds a file
         return
+    environment = DuckDBConnectionManager._ENV
+    if environment is not None and hasattr(environment, "close"):
+        environment.close()  # closes the database now rather than when collected
     DuckDBConnectionManager.close_all_connections()
-    gc.collect()  # the dropped DuckDB environment closes its database when collected
+    if _duckdb_file_held(adapter):
+        gc.collect()  # the dropped DuckDB environment closes its database when collected
+
+
+def _duckdb_file_held(adapter: Any) -> bool:
+    """True unless this process can open the adapter's DuckDB file for writing, which DuckDB
+    refuses while a read-only handle of it is still alive here. A full garbage collection
+    costs about a second on a large heap, so it only runs when a handle survived."""
+    path = getattr(getattr(getattr(adapter, "config", None), "credentials", None), "path", None)
+    if not path or path == ":memory:" or not Path(path).exists():
+        return adapter is None
+    import duckdb
+
+    try:
+        duckdb.connect(path).close()
+    except duckdb.Error:
+        return True
+    return False
 
 
 def _stream_with_metadata(invocation: Any) -> Iterator[Any]:
@@ -168,8 +245,10 @@ def feature_assets(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> It
         f"building {FEATURE_MART} for feature dates {dbt_vars['start_date']} .. "
         f"{dbt_vars['end_date']}"
     )
-    prepare_dbt_environment()
-    yield from _stream_with_metadata(dbt.cli(dbt_build_args(dbt_vars), context=context))
+    home = prepare_dbt_environment()
+    with environment(feature_window_env(dbt_vars)):
+        invocation = dbt.cli(dbt_build_args(), context=context, target_path=dbt_target_path(home))
+    yield from _stream_with_metadata(invocation)
 
 
 dbt_feature_assets: list[dg.AssetsDefinition] = [feature_assets]
