@@ -27,7 +27,8 @@ margin (a ratio to a loss means nothing). Plots of the cumulative incremental ma
 the regret are saved as PNG.
 
 Usage: ``python bench/bench_quality.py [--quick] [--days N] [--contacts N] [--seed S]
-[--engine plain|dagster] [--home DIR] [--out DIR] [--keep]``; ``--home`` evaluates the run
+[--retrain-every N] [--validation-days D] [--engine plain|dagster] [--home DIR] [--out DIR]
+[--keep]``; ``--home`` evaluates the run
 already in that JOURNEY_HOME instead of running the loop.
 """
 
@@ -58,6 +59,7 @@ from journey_pipeline.learn.regret import (
     UNIFORM,
     RegretReport,
     load_regret_report,
+    oracle_calibration,
     plot_cumulative,
     plot_regret,
 )
@@ -71,9 +73,11 @@ WINDOW_DAYS = 7
 COST_SCALE = 100.0
 VW_ARGS = "--cb_explore_adf --epsilon 0.05 -q sa --quiet"
 # The retrain job's defaults (decide.assets.TrainingAssetConfig and the demo's weekly retrain).
+# A 7-day validation window would hold every matured decision of the first retrain (day 14
+# has matured outcomes for days 1-6 only), leaving nothing to train on.
 MIN_LABELLED = 1000
 RETRAIN_EVERY = 7
-VALIDATION_DAYS = 7.0
+VALIDATION_DAYS = 3.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,12 +188,17 @@ def outcome_dates(day: date) -> tuple[date, date]:
 
 
 def run_loop_plain(
-    home: Path, days: int, contacts: int, seed: int, validation_days: float = VALIDATION_DAYS
+    home: Path,
+    days: int,
+    contacts: int,
+    seed: int,
+    validation_days: float = VALIDATION_DAYS,
+    retrain_every: int = RETRAIN_EVERY,
 ) -> dict[str, Any]:
     """The same loop without Dagster, calling the functions its assets wrap: simulate a day,
     ingest its events, one dbt build, Feast registry and online materialization, decisions
     (champion live, challenger shadow), CRM write-back, outcomes (over :func:`outcome_dates`);
-    retrain every 7 days. Out: per-stage seconds and the retrains."""
+    retrain every ``retrain_every`` days. Out: per-stage seconds and the retrains."""
     settings = _enter_home(home)
     from journey_pipeline.act.writeback import write_back
     from journey_pipeline.decide.scoring import day_triggers, score_day
@@ -237,7 +246,7 @@ def run_loop_plain(
         with warehouse(settings.warehouse_path) as con:
             build_outcomes(con, *outcome_dates(day), WINDOW_DAYS)
         timed("outcomes", t)
-        if (index + 1) % RETRAIN_EVERY == 0:
+        if (index + 1) % retrain_every == 0:
             t = time.perf_counter()
             retrains.append({"day": day.isoformat(), **_retrain(settings, seed, validation_days)})
             timed("retrain", t)
@@ -422,6 +431,16 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
         f"{VW}: learnt from {vw['examples_learnt']:,} matured decisions, picked for "
         f"{vw['decisions_picked']:,} ({vw['seconds']:.1f} s)"
     )
+    print(
+        "\noracle calibration on matured decisions (realised reward - oracle's expected margin "
+        "of the action taken):"
+    )
+    print(f"  {'group':<32}{'decisions':>10}{'realised':>10}{'oracle':>10}{'gap':>9}{'z':>7}")
+    for row in results["oracle_calibration"]:
+        print(
+            f"  {row['group']:<32}{row['decisions']:>10,}{row['realised']:>10.2f}"
+            f"{row['oracle']:>10.2f}{row['gap']:>9.2f}{row['z']:>7.1f}"
+        )
     for retrain in results.get("retrains", []):
         detail = {k: v for k, v in retrain.items() if k != "day"}
         print(f"retrain after {retrain['day']}: {detail}")
@@ -454,6 +473,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
     }
     sums = report.totals["incremental"]
     best_static = report.best_static
+    calibration = oracle_calibration(report.decisions, outcomes)
 
     def ratio(baseline: str) -> float | None:
         # A ratio to a baseline that loses money (or makes none) says nothing; the
@@ -475,6 +495,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
             if name != ORACLE
         },
         "vw": vw_figures,
+        "oracle_calibration": calibration.round(3).reset_index().to_dict(orient="records"),
         "report": report.summary(),
         "plots": plots,
         "seconds": {"regret": regret_seconds, "vw_replay": vw_figures["seconds"]},
@@ -498,6 +519,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="time-based validation window of each retraining (plain engine)",
     )
     parser.add_argument(
+        "--retrain-every",
+        type=int,
+        default=RETRAIN_EVERY,
+        help="retrain every N simulated days (plain engine; the demo retrains weekly)",
+    )
+    parser.add_argument(
         "--engine",
         choices=["plain", "dagster"],
         default="plain",
@@ -519,7 +546,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scratch = Path(tempfile.mkdtemp(prefix="bench-quality-"))
             if args.engine == "plain":
                 loop_summary = run_loop_plain(
-                    scratch / "home", days, contacts, args.seed, args.validation_days
+                    scratch / "home",
+                    days,
+                    contacts,
+                    args.seed,
+                    args.validation_days,
+                    args.retrain_every,
                 )
             else:
                 loop_summary = run_loop_dagster(scratch / "home", days, contacts, args.seed)

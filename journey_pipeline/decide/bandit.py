@@ -4,10 +4,13 @@ Exploration scheme, and why
 ---------------------------
 Thompson sampling over a bootstrap ensemble, mixed with epsilon-uniform exploration:
 
-* Each of ``n_members`` ensemble members holds one LightGBM margin regressor per action,
-  trained on its own Poisson bootstrap of the logged rewards. The spread between members is
-  the model's uncertainty: where data is thin the members disagree and the policy explores,
-  where it is plentiful they agree and the policy exploits.
+* A pooled *baseline* LightGBM regressor predicts the margin from the features alone, on every
+  logged row whatever its action. Each of ``n_members`` ensemble members then holds one
+  LightGBM *residual* booster per action, trained on its own Poisson bootstrap of that
+  action's rows, starting from the baseline's prediction (LightGBM ``init_score``). The
+  expected margin of action ``a`` is ``baseline(x) + residual_a(x)``.
+* The spread between members is the model's uncertainty: where data is thin the members
+  disagree and the policy explores, where it is plentiful they agree and the policy exploits.
 * For a contact, one member is drawn uniformly and its best action is taken; with probability
   ``epsilon`` a uniformly random action is taken instead.
 
@@ -20,6 +23,18 @@ so the propensity is floored at ``epsilon / |A|`` (off-policy evaluation needs i
 probabilities sum to one over the actions. Softmax over a point estimate would need a
 temperature nobody can set well for margins in currency units; plain epsilon-greedy explores
 where the model is already sure. The bootstrap ensemble explores where it is unsure.
+
+Why a pooled baseline and per-action residuals
+----------------------------------------------
+Margins are dominated by what the contact would spend anyway (purchase propensity, order
+value), and the differences between actions are a small part of them; a 7-day margin is
+mostly 0 with an occasional order, so it is very noisy. Independent per-action regressors
+each learn the large baseline from a third of the data, and their errors (not the effect of
+the action) decide the argmax: such a policy behaves close to uniform random. Learning the
+baseline once on all rows, and per action only a strongly regularised deviation from it,
+makes the comparison between actions depend on the deviations alone (the baseline cancels in
+the argmax) and shrinks them towards "no difference" until the data shows one. With
+``shared_baseline=False`` the bandit fits independent per-action regressors instead.
 
 Cold start: until ``min_observations`` rewards have been seen, actions are uniform at random
 with propensity ``1 / |A|``.
@@ -57,6 +72,27 @@ DEFAULT_LGBM_PARAMS: dict[str, Any] = {
     "deterministic": True,
     "force_col_wise": True,
 }
+# The per-action residual boosters on top of the pooled baseline: a deviation from the
+# baseline needs many rows (min_data_in_leaf) and survives heavy shrinkage (lambda_l2, a
+# small learning rate), so noise in the margins does not turn into differences between
+# actions.
+DEFAULT_RESIDUAL_PARAMS: dict[str, Any] = {
+    **DEFAULT_LGBM_PARAMS,
+    "learning_rate": 0.05,
+    "num_leaves": 7,
+    "max_depth": 3,
+    "min_data_in_leaf": 100,
+    "lambda_l2": 10.0,
+}
+# The pooled baseline sees every row: a little more capacity.
+DEFAULT_BASELINE_PARAMS: dict[str, Any] = {
+    **DEFAULT_LGBM_PARAMS,
+    "learning_rate": 0.1,
+    "num_leaves": 15,
+    "max_depth": 4,
+    "min_data_in_leaf": 50,
+    "lambda_l2": 10.0,
+}
 
 _UNIT = 2.0**-53  # maps the top 53 bits of a uint64 hash onto [0, 1)
 
@@ -90,7 +126,11 @@ class ContextualBandit:
       ``(1 - epsilon) / n_members`` plus the floor.
     - ``epsilon`` (0.05): share of uniform exploration, the propensity floor times ``|A|``.
     - ``min_observations`` (500): rewards needed before the models are trained (cold start).
-    - ``num_boost_round`` (20) and ``lgbm_params``: LightGBM settings (merged over defaults).
+    - ``shared_baseline`` (True): a pooled baseline regressor plus per-action residual
+      boosters (see the module docstring); False fits independent per-action regressors.
+    - ``num_boost_round`` (20) and ``lgbm_params``: LightGBM settings of the per-action models
+      (merged over ``DEFAULT_RESIDUAL_PARAMS``, or ``DEFAULT_LGBM_PARAMS`` without the shared
+      baseline); ``baseline_boost_round`` (50) and ``baseline_params`` for the baseline.
     - ``min_rows_per_model`` (30): below this many rows an action's member predicts the mean of
       its bootstrap sample instead of fitting trees.
     - ``max_history`` (200,000): only the latest observations are kept for retraining.
@@ -117,6 +157,9 @@ class ContextualBandit:
         min_observations: int = 500,
         num_boost_round: int = 20,
         lgbm_params: dict[str, Any] | None = None,
+        shared_baseline: bool = True,
+        baseline_boost_round: int = 50,
+        baseline_params: dict[str, Any] | None = None,
         min_rows_per_model: int = 30,
         max_history: int = 200_000,
         inverse_propensity_weights: bool = False,
@@ -138,7 +181,11 @@ class ContextualBandit:
         self.epsilon = float(epsilon)
         self.min_observations = int(min_observations)
         self.num_boost_round = int(num_boost_round)
-        self.lgbm_params = {**DEFAULT_LGBM_PARAMS, **(lgbm_params or {})}
+        self.shared_baseline = bool(shared_baseline)
+        defaults = DEFAULT_RESIDUAL_PARAMS if self.shared_baseline else DEFAULT_LGBM_PARAMS
+        self.lgbm_params = {**defaults, **(lgbm_params or {})}
+        self.baseline_boost_round = int(baseline_boost_round)
+        self.baseline_params = {**DEFAULT_BASELINE_PARAMS, **(baseline_params or {})}
         self.min_rows_per_model = int(min_rows_per_model)
         self.max_history = int(max_history)
         self.inverse_propensity_weights = bool(inverse_propensity_weights)
@@ -158,8 +205,18 @@ class ContextualBandit:
         self._n_fits = 0
         # members x actions; each a Booster or, with too few rows, a constant prediction.
         self._models: list[list[lgb.Booster | float]] | None = None
+        # The pooled baseline (shared_baseline): a Booster, or a constant with too few rows.
+        self._baseline: lgb.Booster | float | None = None
         self._decide_rng = np.random.default_rng([self.seed, 0])
         self._draw_hash_key = hashlib.sha256(f"bandit-draw:{self.seed}".encode()).hexdigest()[:16]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Bandits pickled before the pooled baseline existed hold independent regressors.
+        state.setdefault("shared_baseline", False)
+        state.setdefault("_baseline", None)
+        state.setdefault("baseline_boost_round", 50)
+        state.setdefault("baseline_params", dict(DEFAULT_BASELINE_PARAMS))
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ state
     @property
@@ -228,7 +285,8 @@ class ContextualBandit:
         return self
 
     def _fit(self) -> None:
-        """Train every (member, action) reward model on its own Poisson bootstrap."""
+        """Train the pooled baseline (with ``shared_baseline``) and every (member, action)
+        model on its own Poisson bootstrap of the action's rows."""
         rng = np.random.default_rng([self.seed, 1, self._n_fits])
         features, action_idx = self._history_X, self._history_action
         reward = self._history_reward
@@ -236,6 +294,26 @@ class ContextualBandit:
         if self.inverse_propensity_weights:
             weight_base = np.minimum(1.0 / self._history_propensity, self.max_weight)
         prior = float(reward.mean()) if len(reward) else 0.0
+        feature_name = [f"f{i}" for i in range(features.shape[1])]
+        # Residual boosters start from the baseline's prediction; without a shared baseline
+        # they start from nothing and learn the whole margin.
+        start = np.zeros_like(reward)
+        baseline: lgb.Booster | float | None = None
+        if self.shared_baseline:
+            if features.shape[1] == 0 or len(reward) < 2 * self.baseline_params["min_data_in_leaf"]:
+                baseline = float(np.average(reward, weights=weight_base)) if len(reward) else 0.0
+                start = np.full_like(reward, baseline)
+            else:
+                params = {
+                    **self.baseline_params,
+                    "seed": int(rng.integers(0, 2**31 - 1)),
+                    "num_threads": self.num_threads,
+                }
+                dataset = lgb.Dataset(
+                    features, label=reward, weight=weight_base, feature_name=feature_name
+                )
+                baseline = lgb.train(params, dataset, num_boost_round=self.baseline_boost_round)
+                start = baseline.predict(features, num_threads=self.num_threads)
         rows_by_action = [np.flatnonzero(action_idx == a) for a in range(len(self.actions))]
         models: list[list[lgb.Booster | float]] = []
         for _ in range(self.n_members):
@@ -245,17 +323,16 @@ class ContextualBandit:
                 # n of n with replacement, without materialising the resample.
                 counts = rng.poisson(1.0, size=len(rows)).astype(np.float64)
                 chosen = counts > 0
-                if chosen.sum() < self.min_rows_per_model:
-                    # Too little data for trees: the bootstrap mean still varies by member,
-                    # so thinly observed actions keep being explored.
-                    member_models.append(
-                        float(np.average(reward[rows], weights=counts)) if counts.sum() else prior
-                    )
+                if chosen.sum() < self.min_rows_per_model or features.shape[1] == 0:
+                    # Too little data for trees: the bootstrap mean (of the residuals, with a
+                    # baseline) still varies by member, so thin actions keep being explored.
+                    if counts.sum():
+                        value = float(np.average(reward[rows] - start[rows], weights=counts))
+                    else:
+                        value = 0.0 if self.shared_baseline else prior
+                    member_models.append(value)
                     continue
                 sel = rows[chosen]
-                if features.shape[1] == 0:
-                    member_models.append(float(np.average(reward[sel], weights=counts[chosen])))
-                    continue
                 params = {
                     **self.lgbm_params,
                     "seed": int(rng.integers(0, 2**31 - 1)),
@@ -265,19 +342,33 @@ class ContextualBandit:
                     features[sel],
                     label=reward[sel],
                     weight=counts[chosen] * weight_base[sel],
-                    feature_name=[f"f{i}" for i in range(features.shape[1])],
+                    init_score=start[sel] if self.shared_baseline else None,
+                    feature_name=feature_name,
                     free_raw_data=True,
                 )
                 member_models.append(
                     lgb.train(params, dataset, num_boost_round=self.num_boost_round)
                 )
             models.append(member_models)
+        self._baseline = baseline
         self._models = models
         self._n_fits += 1
 
     # ---------------------------------------------------------------- scoring
-    def _member_predictions(self, features: np.ndarray) -> np.ndarray:
-        """Predicted margin of every (member, action) for every row: shape (K, |A|, N)."""
+    def _baseline_prediction(self, features: np.ndarray) -> np.ndarray | float:
+        """The pooled baseline's margin per row (0 without a shared baseline)."""
+        if isinstance(self._baseline, lgb.Booster):
+            if len(features) == 0:
+                return np.empty(0)
+            return self._baseline.predict(features, num_threads=self.num_threads)
+        return 0.0 if self._baseline is None else float(self._baseline)
+
+    def _member_predictions(self, features: np.ndarray, with_baseline: bool = True) -> np.ndarray:
+        """Predicted margin of every (member, action) for every row: shape (K, |A|, N).
+
+        ``with_baseline=False`` leaves out the pooled baseline, which is the same for every
+        action and member: enough to rank the actions, at a model's less cost.
+        """
         assert self._models is not None
         n = len(features)
         out = np.empty((self.n_members, len(self.actions), n), dtype=np.float64)
@@ -289,6 +380,8 @@ class ContextualBandit:
                     out[k, a] = model.predict(features, num_threads=self.num_threads)
                 else:
                     out[k, a] = model
+        if with_baseline:
+            out += self._baseline_prediction(features)
         return out
 
     def _probabilities_from_argmax(self, member_best: np.ndarray) -> np.ndarray:
@@ -305,8 +398,8 @@ class ContextualBandit:
         if self._models is None:
             probs = np.full((len(contexts), len(self.actions)), 1.0 / len(self.actions))
         else:
-            member_best = self._member_predictions(self._matrix(contexts)).argmax(axis=1)
-            probs = self._probabilities_from_argmax(member_best)
+            predictions = self._member_predictions(self._matrix(contexts), with_baseline=False)
+            probs = self._probabilities_from_argmax(predictions.argmax(axis=1))
         return pd.DataFrame(probs, index=contexts.index, columns=self.actions)
 
     def _uniforms(self, n: int, draw_keys: Sequence[Any] | pd.Index | None) -> np.ndarray:
@@ -328,7 +421,10 @@ class ContextualBandit:
         if self._models is None:
             chosen = np.minimum((u * n_actions).astype(np.int64), n_actions - 1)
             return chosen, np.full(n, 1.0 / n_actions), None
-        predictions = self._member_predictions(self._matrix(contexts))  # (K, |A|, N)
+        features = self._matrix(contexts)
+        # (K, |A|, N) without the baseline: it is common to all actions, so the argmax is the
+        # same; it is added once to the ensemble mean below.
+        predictions = self._member_predictions(features, with_baseline=False)
         # Ties go to the earliest action in the catalogue, so the argmax is deterministic.
         member_best = predictions.argmax(axis=1)  # (K, N)
         probs = self._probabilities_from_argmax(member_best)
@@ -343,7 +439,10 @@ class ContextualBandit:
         exploit_action = member_best[member, np.arange(n)]
         chosen = np.where(explore, explore_action, exploit_action)
         propensity = probs[np.arange(n), chosen]
-        return chosen, propensity, predictions.mean(axis=0).T
+        expected = predictions.mean(axis=0).T + np.reshape(
+            self._baseline_prediction(features), (-1, 1)
+        )
+        return chosen, propensity, expected
 
     def decide(
         self, contexts: pd.DataFrame, *, draw_keys: Sequence[Any] | pd.Index | None = None
@@ -410,6 +509,12 @@ class ContextualBandit:
         if unknown:
             raise ValueError(f"unknown actions {unknown}; the bandit knows {self.actions}")
         action_idx = np.array([self._action_index[a] for a in action_names], dtype=np.int64)
+        if isinstance(self._baseline, lgb.Booster):
+            # The baseline is part of every action's expected margin, once per member.
+            contrib = self._baseline.predict(
+                features, pred_contrib=True, num_threads=self.num_threads
+            )
+            out += self.explain_members * contrib[:, : len(names)]
         for a in np.unique(action_idx):
             rows = np.flatnonzero(action_idx == a)
             for member_models in self._models[: self.explain_members]:
@@ -453,11 +558,16 @@ class ContextualBandit:
         return pd.Series(explanations, index=contexts.index, dtype=object)
 
     def feature_importance(self) -> pd.DataFrame:
-        """Total split gain per feature and action over the ensemble (features x actions)."""
+        """Total split gain per feature and action over the ensemble (features x actions); the
+        pooled baseline's gain counts towards every action."""
         names = self.feature_names or []
         table = pd.DataFrame(0.0, index=names, columns=self.actions)
         if self._models is None:
             return table
+        if isinstance(self._baseline, lgb.Booster):
+            gain = self._baseline.feature_importance(importance_type="gain")
+            for a in range(len(self.actions)):
+                table.iloc[:, a] += gain
         for member_models in self._models:
             for a, model in enumerate(member_models):
                 if isinstance(model, lgb.Booster):

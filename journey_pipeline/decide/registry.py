@@ -196,6 +196,20 @@ def version_metrics(version: str | int, settings: Settings | None = None) -> dic
     return dict(client.get_run(model_version.run_id).data.metrics)
 
 
+def _validation_window(
+    candidate: Mapping[str, float] | str | int | None, settings: Settings | None
+) -> tuple[str, str] | None:
+    """(first, last) validation decision time of a registered version's training run; None
+    for metrics given as a mapping (their window is unknown) or a run without them."""
+    if candidate is None or isinstance(candidate, Mapping):
+        return None
+    client = configure_mlflow(settings)
+    model_version = client.get_model_version(MODEL_NAME, str(candidate))
+    params = client.get_run(model_version.run_id).data.params
+    start, end = params.get("data_valid_start"), params.get("data_valid_end")
+    return (start, end) if start and end else None
+
+
 def _metrics_of(
     candidate: Mapping[str, float] | str | int | None, settings: Settings | None
 ) -> dict[str, float] | None:
@@ -221,6 +235,13 @@ def gate(
     below the logging policy). With one: additionally no material AUC or log-loss regression,
     and the challenger's OPE lower bound at least the champion's (valued on the challenger's
     validation window when the training measured it there, else the champion's own).
+
+    AUC and log loss are properties of a window as much as of a model (log loss moves with
+    the conversion rate of the days it is measured on), so they are compared with the
+    champion's only when both were measured on the same validation window. For registered
+    versions validated on different windows (every retrain on newer data) those two rows are
+    shown for information and do not block; the champion comparison then rests on the OPE
+    check, which values the champion on the challenger's window.
     Out: :class:`GateResult`.
     """
     t = thresholds or GateThresholds()
@@ -249,19 +270,25 @@ def gate(
         check("ope not below logging policy", high, logged, high >= logged)
 
     if theirs is not None:
+        my_window = _validation_window(challenger, settings)
+        their_window = _validation_window(champion, settings)
+        comparable = my_window is None or their_window is None or my_window == their_window
+        suffix = "" if comparable else " (other window: information only)"
         their_auc = theirs.get("auc", nan)
         check(
-            "auc vs champion",
+            f"auc vs champion{suffix}",
             auc,
             their_auc - t.max_auc_drop,
-            not math.isfinite(their_auc) or auc >= their_auc - t.max_auc_drop,
+            not comparable or not math.isfinite(their_auc) or auc >= their_auc - t.max_auc_drop,
         )
         loss, their_loss = mine.get("log_loss", nan), theirs.get("log_loss", nan)
         check(
-            "log loss vs champion",
+            f"log loss vs champion{suffix}",
             loss,
             their_loss + t.max_log_loss_increase,
-            not math.isfinite(their_loss) or loss <= their_loss + t.max_log_loss_increase,
+            not comparable
+            or not math.isfinite(their_loss)
+            or loss <= their_loss + t.max_log_loss_increase,
         )
         # Same-window valuation of the champion, when available, is the fair comparison.
         reference_low = mine.get("champion_ope_ci_low", theirs.get("ope_ci_low", nan))

@@ -5,7 +5,8 @@ Training frame (the decision log joined with outcomes, features as of each decis
 feature columns (MODEL_FEATURES by default).
 
 Validation is by time: models are fitted on the earlier decisions and judged on the latest
-window (default the last 7 days), as they will be used. Reported:
+window (default the last 7 days), as they will be used. When the history is no longer than
+that window (the first retrains after the cold start), the latest half of it validates. Reported:
 
 - per action a LightGBM conversion classifier: AUC, log loss and expected calibration error
   (ECE), pooled over actions (``auc``, ``log_loss``, ``ece``) and per action;
@@ -257,6 +258,7 @@ class TrainingResult:
     def model_card(self) -> str:
         """Model card in Markdown: data window, features, metrics, intended use, limits."""
         w = self.data_window
+        validation_days = w.get("validation_days", self.config.validation_days)
         metric_rows = "\n".join(
             f"| {name} | {value:.4f} |" for name, value in sorted(self.metrics.items())
         )
@@ -273,14 +275,15 @@ class TrainingResult:
 
 ## What it is
 A contextual bandit over the actions {", ".join(f"`{a}`" for a in self.config.actions)}:
-per action, a bootstrap ensemble of LightGBM margin regressors (margin = attributed revenue
-minus the action's fixed cost), Thompson sampling over the ensemble mixed with epsilon-uniform
+a pooled LightGBM baseline of the margin (margin = attributed revenue minus the action's fixed
+cost) and, per action, a bootstrap ensemble of strongly regularised LightGBM boosters of the
+deviation from that baseline; Thompson sampling over the ensemble mixed with epsilon-uniform
 exploration; every decision's propensity is exact. Bandit options: {options or "defaults"}.
 Per-action LightGBM conversion classifiers are trained alongside for validation.
 
 ## Data window
 - Training: {w["train_start"]} to {w["train_end"]} ({w["n_train"]} decisions)
-- Validation (latest {self.config.validation_days:g} days): {w["valid_start"]} to
+- Validation (latest {validation_days:.3g} days): {w["valid_start"]} to
   {w["valid_end"]} ({w["n_valid"]} decisions)
 - The deployed bandit is refitted on all {w["n_train"] + w["n_valid"]} decisions.
 
@@ -390,7 +393,14 @@ def train_reward_models(
     )
     frame = frame[frame["action"].isin(config.actions) & np.isfinite(frame["reward"])]
     frame = frame.sort_values("decided_at", kind="stable", ignore_index=True)
-    train, valid = time_split(frame, config.validation_days)
+    validation_days = config.validation_days
+    train, valid = time_split(frame, validation_days)
+    if len(train) < config.min_validation_rows:
+        # A history no longer than the validation window (the first retrains after the cold
+        # start): validate on the latest half of it instead, still strictly by time.
+        decided_at = pd.to_datetime(frame["decided_at"], utc=True)
+        validation_days = (decided_at.max() - decided_at.min()) / pd.Timedelta(days=1) / 2
+        train, valid = time_split(frame, validation_days)
     if len(valid) < config.min_validation_rows or len(train) < config.min_validation_rows:
         raise ValueError(
             f"{len(train)} training and {len(valid)} validation rows: need at least "
@@ -491,6 +501,7 @@ def train_reward_models(
         "valid_end": stamp(valid, "max"),
         "n_train": len(train),
         "n_valid": len(valid),
+        "validation_days": validation_days,
     }
     return TrainingResult(
         config=config,

@@ -30,6 +30,17 @@ decision due that day before the day is simulated. The simulator's randomness is
 of (seed, day, purpose) and task order, so the replay is the same world; the replayed values
 of the applied tasks are checked against the world's own log and a mismatch is an error.
 
+Known limit of the oracle, and how it is checked
+------------------------------------------------
+The oracle values every action as a task applied on the day, which freezes the contact's
+purchase schedule for the window. Only offers become CRM tasks: a ``no_offer`` decision (and
+the holdout) opens no window, so the world keeps simulating that contact from its live state
+(a new cart abandonment boosts it again), and a contact still inside an earlier offer's window
+(frequency cap) keeps that window. For those decisions the oracle's value is not the world's
+expectation. :func:`oracle_calibration` measures the gap per group of matured decisions
+(realised reward against the oracle's value of the action taken), so a report can say how
+far its yardstick is off.
+
 Realised outcomes, for honesty
 ------------------------------
 Expected margins are ground truth only inside the simulator. Next to them the report puts the
@@ -595,6 +606,43 @@ def realised_incremental(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
         "ci_high": (uplift + _Z95 * se) * n_p,
     }
     return daily, totals
+
+
+def oracle_calibration(decisions: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """How well the oracle predicts what actually happened: realised matured reward against
+    the oracle's expected margin of the action taken, per group of decisions.
+
+    In: the per-decision frame of a :class:`RegretReport` (decision_id, action, holdout, rule
+    and the ``margin_<action>`` columns) and ``learn.outcomes`` rows (decision_id, reward,
+    matured). Groups: ``holdout``, else ``<action> (<rule>)``. Out: one row per group with
+    ``decisions``, ``realised`` and ``oracle`` (mean per decision), ``gap`` (realised -
+    oracle), ``se`` (standard error of the realised mean) and ``z`` (gap / se). A gap many
+    standard errors from 0 means the oracle is not the world's expectation for that group
+    (for instance decisions that open no CRM task, whose contacts the world keeps simulating
+    from their live state rather than from the schedule frozen on the application day).
+    """
+    matured = outcomes.loc[
+        outcomes["matured"].astype(bool) & outcomes["reward"].notna(), ["decision_id", "reward"]
+    ]
+    rows = decisions.merge(matured, on="decision_id", how="inner")
+    columns = [f"{MARGIN_PREFIX}{a}" for a in ACTION_NAMES]
+    known = rows["action"].isin(ACTION_NAMES)
+    rows = rows[known].reset_index(drop=True)
+    codes = pd.Index(ACTION_NAMES).get_indexer(rows["action"])
+    rows["oracle"] = rows[columns].to_numpy(dtype=np.float64)[np.arange(len(rows)), codes]
+    rows["group"] = np.where(
+        rows["holdout"].astype(bool), "holdout", rows["action"] + " (" + rows["rule"] + ")"
+    )
+    table = rows.groupby("group").agg(
+        decisions=("reward", "size"),
+        realised=("reward", "mean"),
+        oracle=("oracle", "mean"),
+        sd=("reward", "std"),
+    )
+    table["gap"] = table["realised"] - table["oracle"]
+    table["se"] = table["sd"] / np.sqrt(table["decisions"])
+    table["z"] = table["gap"] / table["se"].replace(0.0, np.nan)
+    return table.drop(columns="sd").sort_values("decisions", ascending=False)
 
 
 def policy_regret(

@@ -266,3 +266,77 @@ def test_bad_inputs_are_clear_errors(trained_bandit):
         bandit.decide(contexts.drop(columns=["spend_30d"]))
     with pytest.raises(ValueError, match="distinct"):
         ContextualBandit(["a", "a"])
+
+
+def _baseline_dominated(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Contexts whose margin is mostly a large baseline (spend) that no action changes, and a
+    small action effect: offer_a earns +4 where ``flag`` > 0 and loses 4 elsewhere; offer_b
+    always loses 2. Out: (contexts, true margins (n, |A|))."""
+    rng = np.random.default_rng(seed)
+    contexts = pd.DataFrame(
+        {"spend": rng.gamma(2.0, 30.0, n), "flag": rng.normal(size=n), "other": rng.normal(size=n)}
+    )
+    baseline = contexts["spend"].to_numpy()
+    effect_a = np.where(contexts["flag"].to_numpy() > 0, 4.0, -4.0)
+    truth = np.column_stack([baseline, baseline + effect_a, baseline - 2.0])
+    return contexts, truth
+
+
+def test_pooled_baseline_finds_small_effects_under_a_large_noisy_baseline():
+    contexts, truth = _baseline_dominated(6_000, seed=0)
+    rng = np.random.default_rng(1)
+    logged = rng.integers(0, 3, len(contexts))
+    rewards = truth[np.arange(len(contexts)), logged] + rng.normal(0.0, 15.0, len(contexts))
+    actions = np.asarray(ACTION_NAMES, dtype=object)[logged]
+    fresh, fresh_truth = _baseline_dominated(4_000, seed=2)
+    incremental = fresh_truth - fresh_truth[:, [0]]
+
+    def value(shared: bool) -> float:
+        bandit = ContextualBandit(ACTION_NAMES, seed=0, shared_baseline=shared)
+        bandit.update(contexts, actions, np.full(len(contexts), 1 / 3), rewards)
+        probabilities = bandit.action_probabilities(fresh).to_numpy()
+        return float((probabilities * incremental).sum(axis=1).mean())
+
+    oracle = incremental.max(axis=1).mean()  # 2.0 per decision
+    pooled, independent = value(True), value(False)
+    # Independent per-action regressors each relearn the baseline from a third of the rows,
+    # and their errors blur the small effects; the pooled baseline cancels out of the argmax.
+    assert pooled > 0.5 * oracle
+    assert pooled > 1.5 * independent
+
+
+def test_explanations_add_up_to_the_expected_margin_with_a_pooled_baseline(trained_bandit):
+    bandit = copy.deepcopy(trained_bandit)
+    bandit.explain_members = bandit.n_members  # the exact attribution of the ensemble mean
+    contexts = synthetic_contexts(300, seed=11)[MODEL_FEATURES]
+    for action in ACTION_NAMES:
+        contributions = bandit.feature_contributions(contexts, [action] * len(contexts))
+        expected = bandit.expected_rewards(contexts)[action]
+        # SHAP values are additive: margin = constant (the models' expected values) + sum.
+        remainder = expected - contributions.sum(axis=1)
+        assert np.allclose(remainder, remainder.iloc[0], atol=1e-6)
+    assert (trained_bandit.feature_importance().sum() > 0).all()
+
+
+def test_bandits_pickled_before_the_pooled_baseline_still_decide(training_frame):
+    import pickle
+
+    bandit = ContextualBandit(
+        ACTION_NAMES, seed=0, shared_baseline=False, feature_names=MODEL_FEATURES
+    )
+    rows = training_frame.head(2_000)
+    bandit.update(rows[MODEL_FEATURES], rows["action"], rows["propensity"], rows["reward"])
+    state = dict(bandit.__dict__)
+    for name in ("shared_baseline", "_baseline", "baseline_boost_round", "baseline_params"):
+        del state[name]  # what an older version of the class pickled
+    old = ContextualBandit.__new__(ContextualBandit)
+    old.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(old))
+    contexts = synthetic_contexts(200, seed=12)[MODEL_FEATURES]
+    keys = [f"k{i}" for i in range(len(contexts))]
+    pd.testing.assert_frame_equal(
+        restored.decide(contexts, draw_keys=keys), bandit.decide(contexts, draw_keys=keys)
+    )
+    pd.testing.assert_frame_equal(
+        restored.expected_rewards(contexts), bandit.expected_rewards(contexts)
+    )

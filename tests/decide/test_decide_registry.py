@@ -67,6 +67,19 @@ def test_training_metrics_and_time_split(results):
         train_reward_models(synthetic_training_frame(60, seed=1), TrainingConfig())
 
 
+def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_half():
+    frame = synthetic_training_frame(1_500, seed=3)
+    start = pd.Timestamp("2026-01-01")
+    # Squeeze four weeks of decisions into four days, as after a 7-day cold start.
+    frame["decided_at"] = start + (frame["decided_at"] - start) / 7
+    result = train_reward_models(frame, TrainingConfig(validation_days=7.0, num_boost_round=20))
+    window = result.data_window
+    assert window["validation_days"] == pytest.approx(2.0, abs=0.01)
+    assert window["train_end"] < window["valid_start"]
+    assert min(window["n_train"], window["n_valid"]) > 0.3 * len(frame)
+    assert "latest 2 days" in result.model_card()
+
+
 def test_gate_rules(results):
     good, worse = results
     first = registry.gate(good.metrics)
@@ -78,6 +91,38 @@ def test_gate_rules(results):
     assert "| auc vs champion |" in blocked.markdown()
     broken = {**good.metrics, "auc": float("nan")}
     assert not registry.gate(broken).passed
+
+
+def test_gate_compares_auc_and_log_loss_only_on_the_same_window(results, monkeypatch):
+    good, _ = results
+    champion = dict(good.metrics)
+    # A retrain on newer days: the same model quality, but a window with more conversions
+    # gives a higher log loss; its OPE lower bound matches the champion's on that window.
+    challenger = {
+        **good.metrics,
+        "log_loss": good.metrics["log_loss"] + 0.05,
+        "champion_ope_ci_low": good.metrics["ope_ci_low"],
+    }
+    windows = {"challenger": ("2026-01-10", "2026-01-12"), "champion": ("2026-01-09", "2026-01-11")}
+    monkeypatch.setattr(
+        registry, "_validation_window", lambda candidate, settings: windows.get(candidate)
+    )
+    monkeypatch.setattr(
+        registry,
+        "_metrics_of",
+        lambda candidate, settings: {"challenger": challenger, "champion": champion}.get(candidate),
+    )
+    verdict = registry.gate("challenger", "champion")
+    assert verdict.passed, verdict.reasons
+    assert "| log loss vs champion (other window: information only) |" in verdict.markdown()
+    # The OPE comparison still blocks a challenger that is worth less on its own window.
+    challenger["champion_ope_ci_low"] = good.metrics["ope_ci_low"] + 1.0
+    assert "ope lower bound vs champion" in registry.gate("challenger", "champion").reasons[0]
+    # Measured on the same window, the log-loss regression blocks.
+    windows["champion"] = windows["challenger"]
+    challenger["champion_ope_ci_low"] = good.metrics["ope_ci_low"]
+    blocked = registry.gate("challenger", "champion")
+    assert not blocked.passed and blocked.reasons[0].startswith("log loss vs champion:")
 
 
 # Three registered versions on a fresh SQLite store (schema migrations included): ~25 s.

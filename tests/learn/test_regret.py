@@ -25,6 +25,7 @@ from journey_pipeline.learn.regret import (
     OracleReplayError,
     RegretReport,
     load_regret_report,
+    oracle_calibration,
     plot_cumulative,
     plot_regret,
     policy_regret,
@@ -327,3 +328,39 @@ def test_plots_are_written(random_run, tmp_path):
     regret = plot_regret(report, tmp_path / "plots" / "regret.png")
     for path in (cumulative, regret):
         assert path.exists() and _is_png(path) and path.stat().st_size > 10_000
+
+
+def test_oracle_calibration_compares_realised_rewards_with_the_oracle_per_group():
+    decisions = pd.DataFrame(
+        {
+            "decision_id": [f"d{i}" for i in range(7)],
+            "action": ["no_offer", "no_offer", "offer_a", "offer_a", "no_offer", "offer_a", "x"],
+            "holdout": [False, False, False, False, True, False, False],
+            "rule": ["bandit", "bandit", "bandit", "bandit", "holdout", "bandit", "bandit"],
+            "margin_no_offer": [10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
+            "margin_offer_a": [12.0, 12.0, 12.0, 14.0, 12.0, 12.0, 12.0],
+            "margin_offer_b": [5.0] * 7,
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "decision_id": [f"d{i}" for i in range(7)],
+            "reward": [14.0, 16.0, 11.0, 15.0, 13.0, 99.0, 1.0],
+            "matured": [True, True, True, True, True, False, True],
+        }
+    )
+    table = oracle_calibration(decisions, outcomes)
+    # Unmatured (d5) and unknown actions (d6) are left out; the holdout is its own group.
+    assert table["decisions"].to_dict() == {
+        "no_offer (bandit)": 2,
+        "offer_a (bandit)": 2,
+        "holdout": 1,
+    }
+    no_offer, offer_a = table.loc["no_offer (bandit)"], table.loc["offer_a (bandit)"]
+    assert no_offer["realised"] == pytest.approx(15.0) and no_offer["oracle"] == 10.0
+    assert no_offer["gap"] == pytest.approx(5.0)
+    assert no_offer["se"] == pytest.approx(np.std([14.0, 16.0], ddof=1) / np.sqrt(2))
+    assert no_offer["z"] == pytest.approx(5.0 / no_offer["se"])
+    # The oracle value of each decision is that of the action it took: (12 + 14) / 2.
+    assert offer_a["oracle"] == pytest.approx(13.0) and offer_a["gap"] == pytest.approx(0.0)
+    assert table.loc["holdout", "gap"] == pytest.approx(3.0)
