@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from journey_pipeline.settings import SettingsError, load_settings
+from journey_pipeline.settings import DevelopmentKeyWarning, SettingsError, load_settings
 
 app = typer.Typer(
     name="journey",
@@ -116,16 +116,36 @@ def demo(
     drift_day: Annotated[
         int | None, typer.Option(help="Day index from which behaviour drifts.")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option(help="Show the runs' Dagster and dbt logs instead of writing a file.")
+    ] = False,
 ) -> None:
     """Run the closed loop on a simulated world through Dagster, day by day, and report.
 
     Prints each day, the policy's margin against the oracle and baselines; writes the report.
+    The runs' logs go to JOURNEY_HOME/logs/demo.log (all events are in the Dagster instance).
     """
+    import contextlib
+    import warnings
+
     from journey_pipeline.demo import run_demo
 
     settings = _settings()
+    log_path = settings.home / "logs" / "demo.log"
     try:
-        with _progress() as progress:
+        with contextlib.ExitStack() as stack:
+            if not verbose:
+                # dbt's per-node lines (re-emitted on stdout by dagster-dbt) go to the log
+                # file; the terminal keeps the progress bars, the tables and the JSON line.
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log_file = stack.enter_context(log_path.open("a", encoding="utf-8"))
+                stack.enter_context(contextlib.redirect_stdout(log_file))
+                stack.enter_context(warnings.catch_warnings())
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"dagster(\.|$)")
+                # Already said once when the settings were loaded.
+                warnings.filterwarnings("ignore", category=DevelopmentKeyWarning)
+                console.print(f"run logs: {log_path} (or --verbose)")
+            progress = stack.enter_context(_progress())
             summary = run_demo(
                 settings,
                 days=days,
@@ -133,6 +153,7 @@ def demo(
                 seed=seed,
                 drift_day=drift_day,
                 progress=progress,
+                log_level="INFO" if verbose else "WARNING",
             )
     except SettingsError as exc:  # e.g. the production Dagster instance's variables
         console.print(f"[red]configuration error:[/red] {exc}")

@@ -87,6 +87,7 @@ def run_demo(
     retrain_every: int = 7,
     progress: Progress | None = None,
     report: bool = True,
+    log_level: str = "INFO",
 ) -> dict[str, Any]:
     """Simulate ``days`` days and run the loop for each through Dagster, then (``report``)
     write the HTML report.
@@ -94,7 +95,8 @@ def run_demo(
     Returns what ran, per day (events, decisions by action, CRM tasks, drift share, retrains
     with what triggered them, run ids, seconds) and at the end (scoreboard, totals, the
     policy's margin against the oracle and the baselines, the report's path, seconds in total
-    and per stage).
+    and per stage). ``log_level`` is the level of the runs' console log (every event is
+    stored in the Dagster instance whatever it is).
     """
     from journey_pipeline.definitions import defs
     from journey_pipeline.resources import JourneyResource
@@ -103,6 +105,7 @@ def run_demo(
     instance = dagster_instance(settings)
     daily, analysis, retrain = (defs.get_job_def(n) for n in (DAILY_JOB, ANALYSIS_JOB, RETRAIN_JOB))
     drift_sensor = defs.get_sensor_def("drift_retrain_sensor")
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     sensor_cursor: str | None = None
     started = time.perf_counter()
     per_day: list[dict[str, Any]] = []
@@ -114,7 +117,7 @@ def run_demo(
         day = str(sim["last_date"])
         stages.done("simulate", clock)
         clock = stages.start(index, day, "daily loop")
-        loop = daily.execute_in_process(instance=instance, partition_key=day)
+        loop = daily.execute_in_process(instance=instance, partition_key=day, run_config=run_config)
         stages.done("daily loop", clock)
         ingest, decided = _metadata(loop, "raw_events"), _metadata(loop, "decisions")
         writeback = _metadata(loop, "crm_writeback")
@@ -133,7 +136,7 @@ def run_demo(
             "retrain": None,
         }
         clock = stages.start(index, day, "analysis + drift sensor")
-        checks = analysis.execute_in_process(instance=instance)
+        checks = analysis.execute_in_process(instance=instance, run_config=run_config)
         drift = _metadata(checks, "drift_report")
         row["drift_share"] = drift.get("drift_share")
         with dg.build_sensor_context(
@@ -150,10 +153,10 @@ def run_demo(
                 "dagster/run_key": request.run_key,
                 DEMO_DAY_TAG: day,
             }
-            row["retrain"] = _retrain(retrain, instance, tags, "drift", settings)
+            row["retrain"] = _retrain(retrain, instance, tags, "drift", settings, run_config)
         elif retrain_every and (index + 1) % retrain_every == 0:
             tags = {TRIGGER_TAG: "weekly", DEMO_DAY_TAG: day}
-            row["retrain"] = _retrain(retrain, instance, tags, "weekly", settings)
+            row["retrain"] = _retrain(retrain, instance, tags, "weekly", settings, run_config)
         retrains += bool(row["retrain"])
         stages.done("retrain", clock, f"retrain ({retrains} run{'s' if retrains != 1 else ''})")
         row["seconds"] = round(time.perf_counter() - day_started, 1)
@@ -227,12 +230,19 @@ def _retrain_label(retrain: dict[str, Any] | None) -> str:
 
 
 def _retrain(
-    job, instance, tags: dict[str, str], trigger: str, settings: Settings
+    job,
+    instance,
+    tags: dict[str, str],
+    trigger: str,
+    settings: Settings,
+    run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the retrain job; report the challenger it registered and the champion after it."""
     from journey_pipeline.decide import registry
 
-    run = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    run = job.execute_in_process(
+        instance=instance, tags=tags, raise_on_error=False, run_config=run_config
+    )
     client = registry.configure_mlflow(settings)
     return {
         "trigger": trigger,
