@@ -7,8 +7,8 @@ import pandas as pd
 from pydantic import Field
 
 from journey_pipeline.learn.analysis import (
-    DRIFT_FEATURES,
     DRIFT_SHARE_THRESHOLD,
+    append_drift_history,
     baseline_policy_values,
     champion_outcomes,
     feature_windows,
@@ -117,8 +117,9 @@ def experiment_analysis(journey: JourneyResource) -> dg.MaterializeResult:
     kinds={"evidently"},
     description=(
         "Evidently DataDriftPreset between the champion's training window of features and the "
-        "newest feature day; drift share and per-column scores as metadata, HTML report under "
-        "JOURNEY_HOME/reports."
+        "newest feature day, on the customer features whose look-back window is full in the "
+        "reference (windowed counts filling up from an empty history are not drift); drift "
+        "share and per-column scores as metadata, HTML report under JOURNEY_HOME/reports."
     ),
 )
 def drift_report(journey: JourneyResource) -> dg.MaterializeResult:
@@ -133,33 +134,31 @@ def drift_report(journey: JourneyResource) -> dg.MaterializeResult:
     with warehouse(settings.warehouse_path, read_only=True) as con:
         reference, current, windows = feature_windows(con, reference_end)
     html = settings.reports_dir / "drift_report.html"
-    result = run_drift_report(reference, current, DRIFT_FEATURES, html)
-    skipped = windows.get("reason") or result.skipped_reason
-    history = settings.reports_dir / "drift_history.parquet"
-    row = pd.DataFrame(
-        [
-            {
-                "current_window": windows.get("current_window"),
-                "reference_window": windows.get("reference_window"),
-                "drift_share": result.drift_share,
-                "skipped_reason": skipped,
-            }
-        ]
-    )
-    if history.exists():
-        row = pd.concat([pd.read_parquet(history), row], ignore_index=True)
-    row.drop_duplicates(subset=["current_window", "reference_window"], keep="last").to_parquet(
-        history
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **{k: v for k, v in result.as_metadata().items() if v is not None},
-            "skipped_reason": skipped or "",
-            "per_column_scores": dg.MetadataValue.md(result.scores_markdown()),
-            **{k: v for k, v in windows.items() if k != "reason"},
-            "report": dg.MetadataValue.path(str(html)) if result.html_path else "not written",
-        }
-    )
+    if windows.get("reason"):
+        result = None
+        skipped = windows["reason"]
+    else:
+        result = run_drift_report(reference, current, windows["features"], html)
+        skipped = result.skipped_reason
+    warm = windows.get("warming_up", {})
+    append_drift_history(settings.reports_dir / "drift_history.parquet", windows, result)
+    metadata: dict[str, object] = {
+        "skipped_reason": skipped or "",
+        "current_window": windows.get("current_window") or "",
+        "reference_window": windows.get("reference_window") or "",
+        "compared_features": ", ".join(windows.get("features", [])) or "none",
+        "reference_moved": windows.get("reference_moved", "no"),
+        "warming_up": dg.MetadataValue.md(
+            "\n".join(f"- {k}: {v}" for k, v in warm.items()) or "none"
+        ),
+    }
+    if result is not None:
+        metadata.update({k: v for k, v in result.as_metadata().items() if v is not None})
+        metadata["skipped_reason"] = skipped or ""
+        metadata["per_column_scores"] = dg.MetadataValue.md(result.scores_markdown())
+    written = result is not None and result.html_path is not None
+    metadata["report"] = dg.MetadataValue.path(str(html)) if written else "not written"
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset_check(asset=drift_report, description="Feature drift share below the retrain threshold.")

@@ -1,6 +1,11 @@
 """Sensors and schedules of the learn stage: retrain on drift, on degraded performance, and
 weekly as the fallback cadence. Retraining only ever produces a challenger; promotion goes
-through the blocking gate."""
+through the blocking gate.
+
+The drift sensor reads the newest row of ``reports/drift_history.parquet`` written by the
+``drift_report`` asset. A check that was skipped (no champion yet, features still warming up,
+too few rows) has no drift share and never launches a run.
+"""
 
 import json
 from datetime import date
@@ -69,8 +74,13 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, journey: JourneyRe
     )
     context.update_cursor(json.dumps(cursor))
     if run_key is None:
+        if last["drift_share"] is None or pd.isna(last["drift_share"]):
+            return dg.SkipReason(
+                f"drift check of {last['current_window']} skipped: {last['skipped_reason']}"
+            )
         return dg.SkipReason(
-            f"drift share {last['drift_share']} on {last['current_window']}: no retrain needed"
+            f"drift share {last['drift_share']:.3f} on {last['current_window']}: below "
+            f"{DRIFT_SHARE_THRESHOLD} or cooling down since {cursor.get('last_retrain_window')}"
         )
     return dg.RunRequest(
         run_key=run_key,

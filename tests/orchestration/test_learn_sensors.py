@@ -43,3 +43,26 @@ def test_drift_sensor_requests_one_run_per_drifted_day(journey_home):
             instance=instance, cursor=cursor, resources=resources
         ) as context:
             assert isinstance(drift_retrain_sensor(context), dg.SkipReason)
+
+
+def test_a_skipped_drift_check_never_launches_and_says_why(journey_home):
+    reports = journey_home / "reports"
+    reports.mkdir()
+    pd.DataFrame(
+        [
+            {
+                "current_window": "2026-01-12",
+                "reference_window": "2026-01-04..2026-01-08",
+                "drift_share": None,
+                "skipped_reason": "only 1 feature(s) have a full look-back window",
+            }
+        ]
+    ).to_parquet(reports / "drift_history.parquet")
+    resources = {"journey": JourneyResource(home=str(journey_home))}
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, resources=resources) as context,
+    ):
+        tick = drift_retrain_sensor(context)
+    assert isinstance(tick, dg.SkipReason)
+    assert "skipped: only 1 feature(s)" in tick.skip_message
