@@ -141,7 +141,7 @@ def demo(
                 log_file = stack.enter_context(log_path.open("a", encoding="utf-8"))
                 stack.enter_context(contextlib.redirect_stdout(log_file))
                 stack.enter_context(warnings.catch_warnings())
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"dagster(\.|$)")
+                warnings.filterwarnings("ignore", module="dagster")  # dagster, dagster_dbt
                 # Already said once when the settings were loaded.
                 warnings.filterwarnings("ignore", category=DevelopmentKeyWarning)
                 console.print(f"run logs: {log_path} (or --verbose)")
