@@ -16,13 +16,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from journey_pipeline.settings import DevelopmentKeyWarning, SettingsError, load_settings
+from journey_pipeline.settings import SettingsError, load_settings
 
 app = typer.Typer(
     name="journey",
     help="journey-pipeline: CRM events -> features -> decisions -> CRM write-back -> learning.",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback with every frame's locals (DataFrames, models) is unreadable and slow.
+    pretty_exceptions_show_locals=False,
 )
 console = Console(stderr=True)
 
@@ -35,6 +37,13 @@ def _settings():
         raise typer.Exit(2) from exc
     settings.ensure_dirs()
     return settings
+
+
+def _warning_to(file, message, category, filename, lineno, _file=None, line=None) -> None:
+    """``warnings.showwarning`` writing to ``file`` (the run log) instead of stderr."""
+    import warnings
+
+    file.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _progress() -> Progress:
@@ -126,6 +135,7 @@ def demo(
     The runs' logs go to JOURNEY_HOME/logs/demo.log (all events are in the Dagster instance).
     """
     import contextlib
+    import functools
     import warnings
 
     from journey_pipeline.demo import run_demo
@@ -140,10 +150,9 @@ def demo(
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 log_file = stack.enter_context(log_path.open("a", encoding="utf-8"))
                 stack.enter_context(contextlib.redirect_stdout(log_file))
+                # Library warnings too (the PII key one was shown when settings loaded).
                 stack.enter_context(warnings.catch_warnings())
-                warnings.filterwarnings("ignore", module="dagster")  # dagster, dagster_dbt
-                # Already said once when the settings were loaded.
-                warnings.filterwarnings("ignore", category=DevelopmentKeyWarning)
+                warnings.showwarning = functools.partial(_warning_to, log_file)
                 console.print(f"run logs: {log_path} (or --verbose)")
             progress = stack.enter_context(_progress())
             summary = run_demo(
