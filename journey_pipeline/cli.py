@@ -136,6 +136,7 @@ def demo(
     """
     import contextlib
     import functools
+    import os
     import warnings
 
     from journey_pipeline.demo import run_demo
@@ -153,6 +154,7 @@ def demo(
                 # Library warnings too (the PII key one was shown when settings loaded).
                 stack.enter_context(warnings.catch_warnings())
                 warnings.showwarning = functools.partial(_warning_to, log_file)
+                os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
                 console.print(f"run logs: {log_path} (or --verbose)")
             progress = stack.enter_context(_progress())
             summary = run_demo(
