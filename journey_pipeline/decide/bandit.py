@@ -45,18 +45,28 @@ same actions), or, when ``draw_keys`` are given, from a keyed hash of each key, 
 is a pure function of (seed, models, features, key): a re-run reproduces it whatever else is in
 the batch. The decision policy passes the decision ids as keys.
 
+Scoring cost: the ensemble is ``n_members * |A|`` boosters. For batches of up to
+``STACKED_MAX_ROWS`` rows (the real-time path) they are predicted by one stacked LightGBM model
+holding all their trees, one call instead of one per booster, with bit-identical results (see
+:func:`_stack_models`; the stacked model is checked against the boosters when it is built);
+larger batches go booster by booster, which is faster there.
+
 The bandit is the learner and explorer only: no holdout and no business rule live here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
+logger = logging.getLogger(__name__)
 
 # Shallow trees keep batch scoring above 100k decisions/s with the whole ensemble evaluated
 # (n_members * |A| models); rewards are noisy, so deeper trees would mostly fit noise anyway.
@@ -94,6 +104,9 @@ DEFAULT_BASELINE_PARAMS: dict[str, Any] = {
     "lambda_l2": 10.0,
 }
 
+# Up to this many rows, the ensemble is predicted by its stacked model (one LightGBM call).
+STACKED_MAX_ROWS = 256
+
 _UNIT = 2.0**-53  # maps the top 53 bits of a uint64 hash onto [0, 1)
 
 
@@ -107,14 +120,98 @@ def _as_matrix(contexts: pd.DataFrame, feature_names: Sequence[str]) -> np.ndarr
         raise ValueError(f"contexts lack the feature columns {missing}")
     if not feature_names:
         return np.empty((len(contexts), 0), dtype=np.float64)
-    matrix = np.array(
-        contexts[list(feature_names)].to_numpy(dtype=np.float64, na_value=np.nan),
-        dtype=np.float64,
-        order="C",
-        copy=True,
-    )
+    return _finite_or_nan(contexts[list(feature_names)].to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def _finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """A C-ordered float64 copy of ``values`` with every non-finite entry NaN."""
+    matrix = np.array(values, dtype=np.float64, order="C", copy=True)
     matrix[~np.isfinite(matrix)] = np.nan
     return matrix
+
+
+# Objectives whose prediction is the raw score (no link function): only their boosters can be
+# summed tree by tree inside one stacked model and still predict bit for bit the same.
+_IDENTITY_OBJECTIVES = frozenset(
+    {"regression", "regression_l1", "huber", "fair", "quantile", "mape", "custom", "none"}
+)
+_TREE_HEADER = re.compile(r"^Tree=\d+\n", flags=re.MULTILINE)
+
+
+def _constant_tree(value: float) -> str:
+    """A one-leaf LightGBM tree (model-text body) predicting ``value``."""
+    return (
+        "num_leaves=1\nnum_cat=0\nsplit_feature=\nsplit_gain=\nthreshold=\ndecision_type=\n"
+        f"left_child=\nright_child=\nleaf_value={value!r}\nleaf_weight=\nleaf_count=\n"
+        "internal_value=\ninternal_weight=\ninternal_count=\nis_linear=0\nshrinkage=1\n\n\n"
+    )
+
+
+def _stack_models(models: Sequence[lgb.Booster | float], n_features: int) -> lgb.Booster | None:
+    """One LightGBM model whose raw score ``k`` is the prediction of ``models[k]``.
+
+    LightGBM predicts a model with several trees per iteration (a multiclass model) by adding,
+    iteration after iteration, each tree's output to its own score, from 0: exactly the sums a
+    separate regression booster per score makes. Stacking the trees of all the ensemble's
+    boosters as the "classes" of one model therefore gives the same numbers bit for bit, from
+    one call instead of one per booster. A constant member becomes a one-leaf tree; a booster
+    with fewer iterations than the longest is padded with zero trees after its own. Returns
+    None when a booster cannot be stacked (a link function, linear trees, an unexpected model
+    text); the caller then predicts booster by booster.
+    """
+    trees: list[list[str]] = []
+    header: dict[str, str] | None = None
+    for model in models:
+        if not isinstance(model, lgb.Booster):
+            trees.append([_constant_tree(float(model))])
+            continue
+        text = model.model_to_string(num_iteration=None)
+        start, end = text.find("\nTree="), text.find("end of trees")
+        if start < 0 or end < 0:
+            return None
+        fields = dict(line.split("=", 1) for line in text[:start].splitlines() if "=" in line)
+        objective = fields.get("objective", "").split()
+        if (
+            fields.get("num_tree_per_iteration") != "1"
+            or fields.get("num_class") != "1"
+            or fields.get("max_feature_idx") != str(n_features - 1)
+            or not objective
+            or objective[0] not in _IDENTITY_OBJECTIVES
+            or "sqrt" in objective
+            or "is_linear=1" in text[start:end]
+        ):
+            return None
+        header = header or fields
+        trees.append(_TREE_HEADER.split(text[start + 1 : end])[1:])
+    if header is None or not all(trees):
+        return None
+    n_scores = len(models)
+    n_iterations = max(len(model_trees) for model_trees in trees)
+    zero = _constant_tree(0.0)
+    parts = [
+        "tree",
+        f"version={header.get('version', 'v4')}",
+        f"num_class={n_scores}",
+        f"num_tree_per_iteration={n_scores}",
+        "label_index=0",
+        f"max_feature_idx={n_features - 1}",
+        "objective=regression",
+        f"feature_names={header['feature_names']}",
+        f"feature_infos={header['feature_infos']}",
+        "",
+        "",
+    ]
+    body = "\n".join(parts)
+    blocks = []
+    for i in range(n_iterations):
+        for k, model_trees in enumerate(trees):
+            tree = model_trees[i] if i < len(model_trees) else zero
+            blocks.append(f"Tree={i * n_scores + k}\n{tree}")
+    text = body + "".join(blocks) + "end of trees\n\nparameters:\nend of parameters\n\n"
+    try:
+        return lgb.Booster(model_str=text)
+    except lgb.basic.LightGBMError:
+        return None
 
 
 class ContextualBandit:
@@ -209,6 +306,14 @@ class ContextualBandit:
         self._baseline: lgb.Booster | float | None = None
         self._decide_rng = np.random.default_rng([self.seed, 0])
         self._draw_hash_key = hashlib.sha256(f"bandit-draw:{self.seed}".encode()).hexdigest()[:16]
+        # The residual models stacked into one LightGBM model (:func:`_stack_models`), built
+        # on first use: None until then, False when they cannot be stacked. Never pickled.
+        self._stacked: lgb.Booster | bool | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_stacked", None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Bandits pickled before the pooled baseline existed hold independent regressors.
@@ -217,6 +322,7 @@ class ContextualBandit:
         state.setdefault("baseline_boost_round", 50)
         state.setdefault("baseline_params", dict(DEFAULT_BASELINE_PARAMS))
         self.__dict__.update(state)
+        self._stacked = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -352,6 +458,7 @@ class ContextualBandit:
             models.append(member_models)
         self._baseline = baseline
         self._models = models
+        self._stacked = None
         self._n_fits += 1
 
     # ---------------------------------------------------------------- scoring
@@ -363,6 +470,57 @@ class ContextualBandit:
             return self._baseline.predict(features, num_threads=self.num_threads)
         return 0.0 if self._baseline is None else float(self._baseline)
 
+    def _stacked_models(self) -> lgb.Booster | None:
+        """The (member, action) models as one stacked LightGBM model, or None to predict them
+        one by one. Built on first use and kept only if it predicts exactly what the models
+        predict one by one on probe rows (logged rows, all-missing and all-zero rows)."""
+        stacked = self._stacked
+        if stacked is None:
+            try:
+                stacked = self._build_stacked() or False
+            except Exception:  # the boosters one by one remain the reference
+                logger.warning("could not stack the ensemble; predicting model by model")
+                stacked = False
+            self._stacked = stacked
+        return stacked or None
+
+    def _build_stacked(self) -> lgb.Booster | None:
+        assert self._models is not None
+        flat = [model for member_models in self._models for model in member_models]
+        n_features = len(self.feature_names or [])
+        if not n_features or not any(isinstance(model, lgb.Booster) for model in flat):
+            return None  # constants only: nothing to gain
+        candidate = _stack_models(flat, n_features)
+        if candidate is None:
+            return None
+        history = self._history_X
+        if history.ndim != 2 or history.shape[1] != n_features:
+            history = np.empty((0, n_features))
+        take = np.linspace(0, len(history) - 1, min(len(history), 256)).astype(int)
+        probe = np.vstack(
+            [history[take], np.full((1, n_features), np.nan), np.zeros((1, n_features))]
+        )
+        expected = self._one_by_one(probe).reshape(len(flat), -1).T
+        got = candidate.predict(probe, raw_score=True, num_threads=self.num_threads)
+        if not np.array_equal(np.reshape(got, expected.shape), expected):
+            logger.warning(
+                "the stacked ensemble differs from its models; predicting model by model"
+            )
+            return None
+        return candidate
+
+    def _one_by_one(self, features: np.ndarray) -> np.ndarray:
+        """Every (member, action) model's prediction, one model at a time: (K, |A|, N)."""
+        assert self._models is not None
+        out = np.empty((self.n_members, len(self.actions), len(features)), dtype=np.float64)
+        for k, member_models in enumerate(self._models):
+            for a, model in enumerate(member_models):
+                if isinstance(model, lgb.Booster):
+                    out[k, a] = model.predict(features, num_threads=self.num_threads)
+                else:
+                    out[k, a] = model
+        return out
+
     def _member_predictions(self, features: np.ndarray, with_baseline: bool = True) -> np.ndarray:
         """Predicted margin of every (member, action) for every row: shape (K, |A|, N).
 
@@ -371,15 +529,17 @@ class ContextualBandit:
         """
         assert self._models is not None
         n = len(features)
-        out = np.empty((self.n_members, len(self.actions), n), dtype=np.float64)
         if n == 0:
-            return out
-        for k, member_models in enumerate(self._models):
-            for a, model in enumerate(member_models):
-                if isinstance(model, lgb.Booster):
-                    out[k, a] = model.predict(features, num_threads=self.num_threads)
-                else:
-                    out[k, a] = model
+            return np.empty((self.n_members, len(self.actions), 0), dtype=np.float64)
+        # One call for the whole ensemble wins for small batches (the real-time path), where
+        # each LightGBM call's fixed cost dominates; on large batches a booster at a time is
+        # faster (its few trees stay in cache). Both give the same numbers.
+        stacked = self._stacked_models() if n <= STACKED_MAX_ROWS else None
+        if stacked is None:
+            out = self._one_by_one(features)
+        else:
+            raw = stacked.predict(features, raw_score=True, num_threads=self.num_threads)
+            out = np.reshape(raw, (n, -1)).T.reshape(self.n_members, len(self.actions), n)
         if with_baseline:
             out += self._baseline_prediction(features)
         return out
@@ -405,23 +565,57 @@ class ContextualBandit:
     def _uniforms(self, n: int, draw_keys: Sequence[Any] | pd.Index | None) -> np.ndarray:
         if draw_keys is None:
             return self._decide_rng.random(n)
-        keys = np.asarray(pd.Index(draw_keys).astype(str), dtype=object)
+        if (
+            isinstance(draw_keys, np.ndarray)
+            and draw_keys.dtype == object
+            and all(type(key) is str for key in draw_keys)
+        ):
+            keys = draw_keys  # already what the conversion below would make of them
+        else:
+            keys = np.asarray(pd.Index(draw_keys).astype(str), dtype=object)
         if len(keys) != n:
             raise ValueError(f"draw_keys has {len(keys)} entries for {n} contexts")
         hashes = pd.util.hash_array(keys, hash_key=self._draw_hash_key, categorize=False)
         return (hashes >> np.uint64(11)).astype(np.float64) * _UNIT
+
+    def _feature_positions(self, columns: Sequence[str]) -> list[int]:
+        """Where each of ``feature_names`` is among ``columns``: a matrix with those columns
+        gives the bandit's matrix by ``_finite_or_nan(matrix[:, positions])``. ValueError
+        naming the missing features, as for a DataFrame lacking them."""
+        names = self.feature_names or []
+        position = {name: i for i, name in enumerate(columns)}
+        missing = [name for name in names if name not in position]
+        if missing:
+            raise ValueError(f"contexts lack the feature columns {missing}")
+        return [position[name] for name in names]
+
+    def _matrix_from(self, values: np.ndarray, columns: Sequence[str]) -> np.ndarray:
+        """The feature matrix (as :meth:`_matrix` makes it of a DataFrame) of ``values``, a
+        matrix whose columns are named ``columns``."""
+        positions = self._feature_positions(columns)
+        if not positions:
+            return np.empty((len(values), 0), dtype=np.float64)
+        return _finite_or_nan(values[:, positions])
 
     def _choose(
         self, contexts: pd.DataFrame, draw_keys: Sequence[Any] | pd.Index | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Chosen action indices, their exact propensities and, unless cold, the ensemble-mean
         expected margin per action (N, |A|), all from one pass over the ensemble."""
-        n, n_actions = len(contexts), len(self.actions)
-        u = self._uniforms(n, draw_keys)
+        u = self._uniforms(len(contexts), draw_keys)
+        features = None if self._models is None else self._matrix(contexts)
+        return self._choose_from(features, u)
+
+    def _choose_from(
+        self, features: np.ndarray | None, u: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`_choose` from the feature matrix (``feature_names`` order, NaN for missing
+        and non-finite values; unused under cold start) and one uniform draw per row."""
+        n, n_actions = len(u), len(self.actions)
         if self._models is None:
             chosen = np.minimum((u * n_actions).astype(np.int64), n_actions - 1)
             return chosen, np.full(n, 1.0 / n_actions), None
-        features = self._matrix(contexts)
+        assert features is not None
         # (K, |A|, N) without the baseline: it is common to all actions, so the argmax is the
         # same; it is added once to the ensemble mean below.
         predictions = self._member_predictions(features, with_baseline=False)
@@ -489,6 +683,13 @@ class ContextualBandit:
         mean = self._member_predictions(self._matrix(contexts)).mean(axis=0).T
         return pd.DataFrame(mean, index=contexts.index, columns=self.actions)
 
+    def _action_indices(self, actions: Sequence[str] | pd.Series | np.ndarray) -> np.ndarray:
+        action_names = np.asarray(actions, dtype=object)
+        unknown = sorted({str(a) for a in action_names if a not in self._action_index})
+        if unknown:
+            raise ValueError(f"unknown actions {unknown}; the bandit knows {self.actions}")
+        return np.array([self._action_index[a] for a in action_names], dtype=np.int64)
+
     def feature_contributions(
         self, contexts: pd.DataFrame, actions: Sequence[str] | pd.Series | np.ndarray
     ) -> pd.DataFrame:
@@ -500,32 +701,38 @@ class ContextualBandit:
         cold start.
         """
         names = self.feature_names or []
-        out = np.zeros((len(contexts), len(names)), dtype=np.float64)
         if self._models is None or not names or len(contexts) == 0:
+            out = np.zeros((len(contexts), len(names)), dtype=np.float64)
             return pd.DataFrame(out, index=contexts.index, columns=names)
         features = self._matrix(contexts)
-        action_names = np.asarray(actions, dtype=object)
-        unknown = sorted({str(a) for a in action_names if a not in self._action_index})
-        if unknown:
-            raise ValueError(f"unknown actions {unknown}; the bandit knows {self.actions}")
-        action_idx = np.array([self._action_index[a] for a in action_names], dtype=np.int64)
+        out = self._contributions(features, self._action_indices(actions))
+        return pd.DataFrame(out, index=contexts.index, columns=names)
+
+    def _contributions(self, features: np.ndarray, action_idx: np.ndarray) -> np.ndarray:
+        """:meth:`feature_contributions` of a trained bandit as a matrix (N x features), from
+        the feature matrix and the action indices: one ``pred_contrib`` call for the baseline
+        and one per (explained member, action present)."""
+        assert self._models is not None
+        n_features = len(self.feature_names or [])
+        out = np.zeros((len(features), n_features), dtype=np.float64)
         if isinstance(self._baseline, lgb.Booster):
             # The baseline is part of every action's expected margin, once per member.
             contrib = self._baseline.predict(
                 features, pred_contrib=True, num_threads=self.num_threads
             )
-            out += self.explain_members * contrib[:, : len(names)]
-        for a in np.unique(action_idx):
-            rows = np.flatnonzero(action_idx == a)
+            out += self.explain_members * contrib[:, :n_features]
+        single = len(action_idx) and (action_idx == action_idx[0]).all()
+        for a in action_idx[:1] if single else np.unique(action_idx):
+            rows = slice(None) if single else np.flatnonzero(action_idx == a)
             for member_models in self._models[: self.explain_members]:
                 model = member_models[a]
                 if isinstance(model, lgb.Booster):
                     contrib = model.predict(
                         features[rows], pred_contrib=True, num_threads=self.num_threads
                     )
-                    out[rows] += contrib[:, : len(names)]  # last column is the expected value
+                    out[rows] += contrib[:, :n_features]  # last column is the expected value
         out /= self.explain_members
-        return pd.DataFrame(out, index=contexts.index, columns=names)
+        return out
 
     def explain(
         self,
@@ -540,22 +747,18 @@ class ContextualBandit:
         lists are empty under cold start).
         """
         contrib = self.feature_contributions(contexts, actions)
-        names = np.asarray(contrib.columns, dtype=object)
-        values = contrib.to_numpy()
-        if values.shape[1] == 0:
-            return pd.Series([[] for _ in range(len(contexts))], index=contexts.index, dtype=object)
-        order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :top_k]
-        top_values = np.take_along_axis(values, order, axis=1)
-        top_names = names[order]
-        explanations = [
-            [
-                {"feature": str(f), "contribution": float(c)}
-                for f, c in zip(fs, cs, strict=True)
-                if c != 0.0
-            ]
-            for fs, cs in zip(top_names, top_values, strict=True)
-        ]
+        explanations = _top_contributions(contrib.to_numpy(), list(contrib.columns), top_k)
         return pd.Series(explanations, index=contexts.index, dtype=object)
+
+    def _explain_from(
+        self, features: np.ndarray, action_idx: np.ndarray, top_k: int = 3
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`explain` from the feature matrix (as for :meth:`_choose_from`) and the
+        chosen action indices: one list per row."""
+        names = self.feature_names or []
+        if self._models is None or not names or len(features) == 0:
+            return [[] for _ in range(len(features))]
+        return _top_contributions(self._contributions(features, action_idx), names, top_k)
 
     def feature_importance(self) -> pd.DataFrame:
         """Total split gain per feature and action over the ensemble (features x actions); the
@@ -573,3 +776,23 @@ class ContextualBandit:
                 if isinstance(model, lgb.Booster):
                     table.iloc[:, a] += model.feature_importance(importance_type="gain")
         return table
+
+
+def _top_contributions(
+    values: np.ndarray, names: Sequence[str], top_k: int
+) -> list[list[dict[str, Any]]]:
+    """Per row of ``values`` (N x features), the ``top_k`` largest absolute contributions as
+    ``[{"feature", "contribution"}]``, exact zeros left out."""
+    if values.shape[1] == 0:
+        return [[] for _ in range(len(values))]
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :top_k]
+    top_values = np.take_along_axis(values, order, axis=1)
+    top_names = np.asarray(names, dtype=object)[order]
+    return [
+        [
+            {"feature": str(f), "contribution": float(c)}
+            for f, c in zip(fs, cs, strict=True)
+            if c != 0.0
+        ]
+        for fs, cs in zip(top_names, top_values, strict=True)
+    ]

@@ -238,6 +238,65 @@ def _json_dumps(values: Iterable[object]) -> list[str]:
     return [orjson.dumps(v).decode() for v in values]
 
 
+_JSON_COLUMNS = ("expected_rewards", "explanation", "rules_applied")
+
+
+def _object_array(values: Sequence[object]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _aligned_columns(
+    contexts: pd.DataFrame, contact: np.ndarray, feature_names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Columns of ``contexts`` aligned with ``contact`` (the last row of a duplicated contact
+    wins; a contact without a row gets NaN): ``feature_names`` as float64 (all NaN when
+    ``contexts`` lacks the column), plus ``lifecycle_stage`` and ``lifecycle_stage_rank``
+    when ``contexts`` has them."""
+    index = contexts.index
+    if not index.is_unique:
+        contexts = contexts[~index.duplicated(keep="last")]
+    positions = contexts.index.astype(str).get_indexer(pd.Index(contact, dtype=object))
+    found = positions >= 0
+    take = np.where(found, positions, 0)
+    empty = len(contexts) == 0
+
+    def aligned(name: str, dtype: type, missing: object) -> np.ndarray:
+        if name not in contexts.columns or empty:
+            return np.full(len(contact), missing, dtype=dtype)
+        if dtype is object:
+            column = contexts[name].to_numpy(dtype=object)
+        else:
+            column = contexts[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        out = column[take]
+        out[~found] = missing
+        return out
+
+    columns = {name: aligned(name, np.float64, np.nan) for name in feature_names}
+    if "lifecycle_stage" in contexts.columns:
+        columns["lifecycle_stage"] = aligned("lifecycle_stage", object, None)
+    if "lifecycle_stage_rank" in contexts.columns and "lifecycle_stage_rank" not in columns:
+        columns["lifecycle_stage_rank"] = aligned("lifecycle_stage_rank", np.float64, np.nan)
+    return columns
+
+
+def decisions_frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The decision-log frame of :meth:`DecisionPolicy.decide_columns` output (adds
+    ``decision_date``, the UTC date of ``decided_at``)."""
+    decided_at = pd.DatetimeIndex(columns["decided_at"])
+    return pd.DataFrame(
+        {
+            **{name: columns[name] for name in DECISION_LOG_COLUMNS if name in columns},
+            # As lists: an empty batch gets the column dtypes it always had.
+            **{name: list(columns[name]) for name in _JSON_COLUMNS},
+            "decided_at": decided_at,
+            "decision_date": decided_at.normalize().date,
+        },
+        columns=DECISION_LOG_COLUMNS,
+    )
+
+
 class DecisionPolicy:
     """Business rules around a :class:`ContextualBandit` (or ``None`` under cold start).
 
@@ -284,8 +343,11 @@ class DecisionPolicy:
         self.autonomy = bool(autonomy)
         self.erased_contacts = set(erased_contacts)
         self.last_offer_at = pd.Series(last_offer_at, dtype="datetime64[ns]")
+        self._last_offer_lookup: tuple[pd.Series, dict[object, np.datetime64] | None] | None = None
         self.feature_names = list(feature_names)
         self.explain_top_k = explain_top_k
+        if not self.bandit.is_cold:
+            self.bandit._stacked_models()  # built with the policy, not by its first decision
 
     @classmethod
     def from_warehouse(
@@ -309,14 +371,6 @@ class DecisionPolicy:
             last_offer_at=last_offer_times(con),
             **options,  # type: ignore[arg-type]
         )
-
-    def _churned(self, contexts: pd.DataFrame) -> np.ndarray:
-        if "lifecycle_stage" in contexts.columns:
-            return contexts["lifecycle_stage"].isin(self.rules.ineligible_stages).to_numpy()
-        if "lifecycle_stage_rank" in contexts.columns:
-            ranks = [LIFECYCLE_STAGES.index(s) for s in self.rules.ineligible_stages]
-            return contexts["lifecycle_stage_rank"].isin(ranks).to_numpy()
-        return np.zeros(len(contexts), dtype=bool)
 
     def decide(
         self, contexts: pd.DataFrame, triggers: pd.DataFrame, mode: str = "live"
@@ -352,20 +406,68 @@ class DecisionPolicy:
             missing = [f for f in self.feature_names if f not in contexts.columns]
             if missing:
                 raise ValueError(f"contexts lack the feature columns {missing}")
-        unique_contexts = contexts[~contexts.index.duplicated(keep="last")]
-        unique_contexts.index = unique_contexts.index.astype(str)
-        rows = unique_contexts.reindex(pd.Index(contact, name="contact_id"))
-        features = rows.reindex(columns=self.feature_names)
-        values = features.to_numpy(dtype=np.float64, na_value=np.nan)
+        columns = self.decide_columns(
+            contact,
+            trigger_id,
+            decided_at,
+            _aligned_columns(contexts, contact, self.feature_names),
+            trigger_types=trigger_type,
+            mode=mode,
+        )
+        return decisions_frame(columns)
+
+    def decide_columns(
+        self,
+        contact_ids: Sequence[str] | np.ndarray,
+        trigger_event_ids: Sequence[str] | np.ndarray,
+        decided_at: Sequence[object] | np.ndarray,
+        features: Mapping[str, Sequence[object] | np.ndarray],
+        *,
+        trigger_types: Sequence[str | None] | np.ndarray | None = None,
+        mode: str = "live",
+    ) -> dict[str, np.ndarray]:
+        """:meth:`decide` on columns already aligned with the triggers, without DataFrames
+        (what :meth:`decide` runs after aligning its inputs; the real-time service calls it
+        directly).
+
+        In: per trigger, the contact id (str), trigger event id (str), ``decided_at``
+        (naive UTC, anything ``numpy.datetime64[ns]`` accepts) and optionally trigger type;
+        ``features``: one value per trigger for every name in ``feature_names`` (numbers,
+        NaN or None where the contact has no value), plus optionally ``lifecycle_stage``
+        (names) or ``lifecycle_stage_rank`` for the eligibility rule.
+        Out: the decision-log columns except ``decision_date``, as numpy arrays of equal
+        length (:func:`decisions_frame` makes the decision-log frame of them).
+        """
+        if mode not in ("live", "shadow"):
+            raise ValueError(f"mode must be 'live' or 'shadow', got {mode!r}")
+        contact = np.asarray(contact_ids, dtype=object)
+        n = len(contact)
+        trigger_id = np.asarray(trigger_event_ids, dtype=object)
+        trigger_type = (
+            np.full(n, None, dtype=object)
+            if trigger_types is None
+            else np.asarray(trigger_types, dtype=object)
+        )
+        decided_at = np.asarray(decided_at, dtype="datetime64[ns]")
+        if not len(trigger_id) == len(trigger_type) == len(decided_at) == n:
+            raise ValueError("contact ids, trigger ids, types and times differ in length")
+        missing = [f for f in self.feature_names if f not in features]
+        if missing:
+            raise ValueError(f"features lack the feature columns {missing}")
+        values = np.empty((n, len(self.feature_names)), dtype=np.float64)
+        for j, name in enumerate(self.feature_names):
+            values[:, j] = features[name]
         has_features = np.isfinite(values).any(axis=1) if values.shape[1] else np.zeros(n, bool)
 
         ids = np.asarray(decision_ids(contact, trigger_id, self.policy_version), dtype=object)
         holdout = holdout_mask(contact, self.rules.holdout_share, self.rules.holdout_salt)
-        erased = np.isin(contact, list(self.erased_contacts))
-        override = pd.Series(contact).map(self.overrides).to_numpy(dtype=object)
-        has_override = pd.notna(override)
-        churned = self._churned(rows)
-        capped = self._capped_by_history(contact, decided_at, features)
+        erased_contacts = self.erased_contacts
+        erased = np.fromiter((c in erased_contacts for c in contact), dtype=bool, count=n)
+        overrides = self.overrides
+        override = np.fromiter((overrides.get(c) for c in contact), dtype=object, count=n)
+        has_override = np.fromiter((c in overrides for c in contact), dtype=bool, count=n)
+        churned = self._churned(features, n)
+        capped = self._capped_by_history(contact, decided_at, values)
 
         default = self.rules.default_action
         action = np.full(n, default, dtype=object)
@@ -374,6 +476,7 @@ class DecisionPolicy:
         fallback = np.full(n, None, dtype=object)
 
         # Precedence: each mask only claims rows no earlier rule claimed.
+        free = np.ones(n, dtype=bool)  # rows no rule claimed (yet)
         for mask, name in (
             (holdout, RULE_HOLDOUT),
             (np.full(n, not self.autonomy), RULE_KILL_SWITCH),
@@ -383,24 +486,29 @@ class DecisionPolicy:
             (~has_features, RULE_FALLBACK),
             (capped, RULE_FREQUENCY_CAP),
         ):
-            claim = mask & pd.isna(rule)
+            claim = mask & free
             rule[claim] = name
+            free &= ~claim
         action[rule == RULE_HOLDOUT] = DEFAULT_ACTION
         action[rule == RULE_OVERRIDE] = override[rule == RULE_OVERRIDE]
         fallback[rule == RULE_FALLBACK] = FALLBACK_NO_FEATURES
 
         expected = np.full((n, len(self.actions)), np.nan)
-        free = pd.isna(rule)  # rows the bandit decides; all of them have features
+        # Expected margins are informative wherever features exist, rule outcomes included;
+        # the bandit's choice only counts for the free rows (all of which have features).
+        scored = np.flatnonzero(has_features)
+        matrix: np.ndarray | None = None
         try:
-            # Expected margins are informative wherever features exist, rule outcomes included.
-            to_score = has_features
-            scored_rows = features[to_score]
-            draws = self.bandit.decide_and_score(scored_rows, draw_keys=ids[to_score])
-            positions = np.flatnonzero(to_score)
-            free_in_scored = free[to_score]
-            action[positions[free_in_scored]] = draws["action"].to_numpy()[free_in_scored]
-            propensity[positions[free_in_scored]] = draws["propensity"].to_numpy()[free_in_scored]
-            expected[to_score] = draws[[f"expected_{a}" for a in self.actions]].to_numpy()
+            uniforms = self.bandit._uniforms(len(scored), ids[scored])
+            if not self.bandit.is_cold:
+                matrix = self.bandit._matrix_from(values[scored], self.feature_names)
+            chosen, chosen_propensity, scored_expected = self.bandit._choose_from(matrix, uniforms)
+            free_in_scored = free[scored]
+            bandit_actions = np.asarray(self.bandit.actions, dtype=object)
+            action[scored[free_in_scored]] = bandit_actions[chosen][free_in_scored]
+            propensity[scored[free_in_scored]] = chosen_propensity[free_in_scored]
+            if scored_expected is not None:
+                expected[scored] = scored_expected
         except Exception as exc:  # a broken model must not stop the batch
             logger.exception("model failed to score %d contacts; falling back", int(free.sum()))
             rule[free] = RULE_FALLBACK
@@ -408,60 +516,89 @@ class DecisionPolicy:
             fallback[free] = f"model_error: {type(exc).__name__}: {exc}"[:500]
             expected[:] = np.nan
 
-        self._cap_within_batch(contact, decided_at, trigger_id, action, propensity, rule)
+        if n > 1:
+            self._cap_within_batch(contact, decided_at, trigger_id, action, propensity, rule)
 
         explanation: list[list[dict[str, object]]] = [[] for _ in range(n)]
-        explain_rows = has_features
-        if not self.bandit.is_cold and explain_rows.any():
+        if not self.bandit.is_cold and len(scored):
             try:
-                explained = self.bandit.explain(
-                    features[explain_rows], action[explain_rows], top_k=self.explain_top_k
+                if matrix is None:  # scoring failed before building it: this raises again
+                    matrix = self.bandit._matrix_from(values[scored], self.feature_names)
+                explained = self.bandit._explain_from(
+                    matrix, self.bandit._action_indices(action[scored]), top_k=self.explain_top_k
                 )
-                for pos, value in zip(np.flatnonzero(explain_rows), explained, strict=True):
+                for pos, value in zip(scored, explained, strict=True):
                     explanation[pos] = value
             except Exception:  # an explanation is informative, not worth losing a decision
-                logger.exception("explanations failed for %d rows", int(explain_rows.sum()))
+                logger.exception("explanations failed for %d rows", len(scored))
 
         expected_json = _json_dumps(
             {a: (None if np.isnan(v) else float(v)) for a, v in zip(self.actions, row, strict=True)}
-            for row in expected
+            for row in expected.tolist()
         )
         rules_json = _json_dumps([] if r is None else [r] for r in rule)
-        decided_at_index = pd.DatetimeIndex(decided_at)
-        return pd.DataFrame(
-            {
-                "decision_id": ids,
-                "contact_id": contact,
-                "decided_at": decided_at_index,
-                "decision_date": decided_at_index.normalize().date,
-                "trigger_event_id": trigger_id,
-                "trigger_type": trigger_type,
-                "policy_version": self.policy_version,
-                "model_version": self.model_version,
-                "mode": mode,
-                "action": action,
-                "propensity": propensity,
-                "holdout": holdout,
-                "expected_rewards": expected_json,
-                "explanation": _json_dumps(explanation),
-                "rules_applied": rules_json,
-                "fallback_reason": fallback,
-            },
-            columns=DECISION_LOG_COLUMNS,
-        )
+        return {
+            "decision_id": ids,
+            "contact_id": contact,
+            "decided_at": decided_at,
+            "trigger_event_id": trigger_id,
+            "trigger_type": trigger_type,
+            "policy_version": np.full(n, self.policy_version, dtype=object),
+            "model_version": np.full(n, self.model_version, dtype=object),
+            "mode": np.full(n, mode, dtype=object),
+            "action": action,
+            "propensity": propensity,
+            "holdout": holdout,
+            "expected_rewards": _object_array(expected_json),
+            "explanation": _object_array(_json_dumps(explanation)),
+            "rules_applied": _object_array(rules_json),
+            "fallback_reason": fallback,
+        }
+
+    def _churned(self, features: Mapping[str, Sequence[object] | np.ndarray], n: int) -> np.ndarray:
+        """Rows in an ineligible lifecycle stage, by ``lifecycle_stage`` name or else by
+        ``lifecycle_stage_rank``."""
+        if "lifecycle_stage" in features:
+            stages = set(self.rules.ineligible_stages)
+            return np.fromiter(
+                (s in stages for s in features["lifecycle_stage"]), dtype=bool, count=n
+            )
+        if "lifecycle_stage_rank" in features:
+            ranks = [LIFECYCLE_STAGES.index(s) for s in self.rules.ineligible_stages]
+            rank = np.asarray(features["lifecycle_stage_rank"], dtype=np.float64)
+            return np.isin(rank, ranks)
+        return np.zeros(n, dtype=bool)
+
+    def _last_offers(self, contact: np.ndarray) -> np.ndarray:
+        """Time of the last live offer of each contact (NaT when none): ``last_offer_at``
+        looked up through a dict built once per Series."""
+        series = self.last_offer_at
+        cached = self._last_offer_lookup
+        if cached is None or cached[0] is not series:
+            lookup = None
+            if series.index.is_unique:
+                lookup = dict(
+                    zip(series.index, series.to_numpy(dtype="datetime64[ns]"), strict=True)
+                )
+            cached = self._last_offer_lookup = (series, lookup)
+        lookup = cached[1]
+        if lookup is None:  # a duplicated contact is an error, as pandas' map reports it
+            return pd.Series(contact).map(series).to_numpy(dtype="datetime64[ns]")
+        missing = np.datetime64("NaT", "ns")
+        return np.array([lookup.get(c, missing) for c in contact], dtype="datetime64[ns]")
 
     def _capped_by_history(
-        self, contact: np.ndarray, decided_at: np.ndarray, features: pd.DataFrame
+        self, contact: np.ndarray, decided_at: np.ndarray, values: np.ndarray
     ) -> np.ndarray:
         """True where an offer falls inside the cap window, from the feature row (as of its
         cutoff) or from the last live offer logged since."""
         cap_days = self.rules.frequency_cap_days
         capped = np.zeros(len(contact), dtype=bool)
-        if "days_since_last_action" in features.columns:
-            days = features["days_since_last_action"].to_numpy(dtype=np.float64, na_value=np.nan)
+        if "days_since_last_action" in self.feature_names:
+            days = values[:, self.feature_names.index("days_since_last_action")]
             capped |= days < cap_days
         if len(self.last_offer_at):
-            last = pd.Series(contact).map(self.last_offer_at).to_numpy(dtype="datetime64[ns]")
+            last = self._last_offers(contact)
             age_days = (decided_at - last) / np.timedelta64(1, "D")
             capped |= (age_days >= 0) & (age_days < cap_days)  # NaT compares False
         return capped

@@ -23,12 +23,15 @@ long-lived process needs around them:
   trigger id is the caller's or one derived from the request, and the answer for a
   decision_id is fixed by the first decision (kept in a bounded in-memory map here, and by the
   log's first-write-wins across restarts).
-- **Per-decision cost.** Features come from :func:`online_features`, whose reader asks the
-  online store for the rows directly (the same keys and values as Feast's
-  ``get_online_features``, without rebuilding the feature service and a response per call);
-  :meth:`decide_many` decides any number of requests in one feature lookup and one policy
-  call (the HTTP app hands it every request waiting, the stream a whole poll) and builds
-  the answers column by column.
+- **Per-decision cost.** Features come from the shared :class:`OnlineFeatureReader` (the reader
+  behind :func:`online_features`, which asks the online store for the rows directly: the same
+  keys and values as Feast's ``get_online_features``, without rebuilding the feature service
+  and a response per call), as plain typed columns rather than a frame; the policy decides on
+  those columns (:meth:`DecisionPolicy.decide_columns`, the same rules and model path as its
+  ``decide``) and the answers are built column by column. :meth:`decide_many` decides any
+  number of requests in one feature lookup and one policy call (the HTTP app hands it every
+  request waiting, the stream a whole poll). The decision-log frame is built once per flush,
+  in the background, never per request.
 - **Failure is a decision.** When the feature store cannot be read (Redis down, registry
   missing), the policy's built-in no-features fallback decides (``no_offer``) and the
   ``fallback_reason`` says ``feature_store_unavailable: <error type>``; no exception escapes.
@@ -58,10 +61,15 @@ from journey_pipeline.act.outbox import DispatchSummary, Outbox
 from journey_pipeline.actions import ACTION_NAMES
 from journey_pipeline.decide.bandit import ContextualBandit
 from journey_pipeline.decide.log import append_decisions, decision_ids
-from journey_pipeline.decide.policy import FALLBACK_NO_FEATURES, RULE_FALLBACK, DecisionPolicy
+from journey_pipeline.decide.policy import (
+    FALLBACK_NO_FEATURES,
+    RULE_FALLBACK,
+    DecisionPolicy,
+    decisions_frame,
+)
 from journey_pipeline.decide.registry import CHAMPION, load_policy_model
 from journey_pipeline.features.contract import FEATURES, MODEL_FEATURES
-from journey_pipeline.features.feature_store import build_store, online_features
+from journey_pipeline.features.feature_store import build_store, online_features, online_reader
 from journey_pipeline.settings import Settings
 from journey_pipeline.warehouse import connect
 
@@ -198,25 +206,32 @@ def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def decision_responses(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """:func:`decision_response` of every row of a decision-log frame, column by column
-    (the same dicts, without a per-row pass through pandas)."""
-    if rows.empty:
+def decision_responses(rows: pd.DataFrame | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """:func:`decision_response` of every row of a decision-log frame, or of the columns
+    :meth:`DecisionPolicy.decide_columns` returns, column by column (the same dicts, without
+    a per-row pass through pandas)."""
+    if len(rows["decision_id"]) == 0:
         return []
 
-    def text_or_none(values: Sequence[Any]) -> list[str | None]:
-        return [None if _missing(v) else str(v) for v in values]
+    def values(name: str) -> list[Any]:
+        column = rows[name]
+        if isinstance(column, np.ndarray) and column.dtype.kind == "M":
+            return list(column)  # numpy scalars: tolist() would give integer nanoseconds
+        return column.tolist() if hasattr(column, "tolist") else list(column)
 
-    def parsed(values: Sequence[Any]) -> list[Any]:
-        return [(orjson.loads(v) if isinstance(v, str) else v) or [] for v in values]
+    def text_or_none(column: Sequence[Any]) -> list[str | None]:
+        return [None if _missing(v) else str(v) for v in column]
+
+    def parsed(column: Sequence[Any]) -> list[Any]:
+        return [(orjson.loads(v) if isinstance(v, str) else v) or [] for v in column]
 
     def column(name: str, cast: Callable[[Any], Any]) -> list[Any]:
-        return [cast(v) for v in rows[name].tolist()]
+        return [cast(v) for v in values(name)]
 
     # Naive timestamps are UTC: written as pd.Timestamp(...).tz_localize("UTC").isoformat().
     decided_at = [
         stamp.tz_convert("UTC").isoformat() if stamp.tzinfo else f"{stamp.isoformat()}+00:00"
-        for stamp in map(pd.Timestamp, rows["decided_at"].tolist())
+        for stamp in map(pd.Timestamp, values("decided_at"))
     ]
     columns = zip(
         column("decision_id", str),
@@ -224,12 +239,12 @@ def decision_responses(rows: pd.DataFrame) -> list[dict[str, Any]]:
         column("trigger_event_id", str),
         column("action", str),
         column("propensity", float),
-        parsed(rows["explanation"].tolist()),
+        parsed(values("explanation")),
         column("policy_version", str),
-        text_or_none(rows["model_version"].tolist()),
+        text_or_none(values("model_version")),
         column("holdout", bool),
-        parsed(rows["rules_applied"].tolist()),
-        text_or_none(rows["fallback_reason"].tolist()),
+        parsed(values("rules_applied")),
+        text_or_none(values("fallback_reason")),
         column("mode", str),
         decided_at,
         strict=True,
@@ -360,7 +375,7 @@ class DecisionService:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._served: ServedPolicy | None = None
         self.state = ServiceState()
-        self._buffer: list[pd.DataFrame] = []
+        self._buffer: list[dict[str, np.ndarray]] = []  # decide_columns output
         self._buffer_rows = 0
         self._buffer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -583,7 +598,8 @@ class DecisionService:
             if all(fresh):
                 self._buffer_decisions(rows)
             else:
-                self._buffer_decisions(rows[np.asarray(fresh, dtype=bool)])
+                keep = np.asarray(fresh, dtype=bool)
+                self._buffer_decisions({name: column[keep] for name, column in rows.items()})
             for position, response in zip(positions, responses, strict=True):
                 answers[position] = response
         with self._recent_lock:
@@ -600,39 +616,43 @@ class DecisionService:
         policy: DecisionPolicy,
         requests: Sequence[DecisionRequest],
         trigger_ids: Sequence[str],
-    ) -> pd.DataFrame:
-        contact_ids = [r.contact_id for r in requests]
+    ) -> dict[str, np.ndarray]:
+        """Decision-log columns (:meth:`DecisionPolicy.decide_columns`) of ``requests``."""
+        contact_ids = [str(r.contact_id) for r in requests]
         store_error: str | None = None
         try:
             if self._store is None:
                 raise RuntimeError("the feature store is not loaded")
-            contexts = online_features(self._store, contact_ids)
+            features = _feature_columns(online_reader(self._store).read_values(contact_ids))
         except Exception as exc:
             store_error = f"{FALLBACK_FEATURE_STORE}: {type(exc).__name__}"
             self.metrics.errors.labels("feature_store").inc()
             logger.warning(
                 "feature lookup failed (%s: %s); deciding without features", type(exc).__name__, exc
             )
-            contexts = pd.DataFrame(columns=list(FEATURES), index=pd.Index([], name="contact_id"))
-        contexts = _with_request_context(contexts, requests)
+            features = _feature_columns({name: [None] * len(contact_ids) for name in FEATURES})
+        _apply_request_context(features, contact_ids, requests)
         now = self._clock()
-        triggers = pd.DataFrame(
-            {
-                "trigger_event_id": list(trigger_ids),
-                "decided_at": [pd.Timestamp(r.decided_at or now) for r in requests],
-                "trigger_type": [r.trigger_type or DEFAULT_TRIGGER_TYPE for r in requests],
-                "contact_id": contact_ids,
-            }
+        decided_at = np.array(
+            [pd.Timestamp(r.decided_at or now).value for r in requests], dtype="datetime64[ns]"
         )
         try:
-            rows = policy.decide(contexts, triggers, mode=self.config.mode)
+            rows = policy.decide_columns(
+                contact_ids,
+                [str(t) for t in trigger_ids],
+                decided_at,
+                features,
+                trigger_types=[r.trigger_type or DEFAULT_TRIGGER_TYPE for r in requests],
+                mode=self.config.mode,
+            )
         except Exception as exc:
             self.metrics.errors.labels("decision_failed").inc()
             logger.exception("the policy failed for %d requests", len(requests))
             raise DecisionFailed(f"{type(exc).__name__}: {exc}") from exc
         if store_error is not None:
-            no_features = rows["rules_applied"].str.contains(f'"{RULE_FALLBACK}"', regex=False)
-            rows.loc[no_features, "fallback_reason"] = store_error
+            marker = f'"{RULE_FALLBACK}"'
+            no_features = np.array([marker in r for r in rows["rules_applied"]], dtype=bool)
+            rows["fallback_reason"][no_features] = store_error
         return rows
 
     def _count(self, responses: Sequence[Mapping[str, Any]]) -> None:
@@ -649,12 +669,13 @@ class DecisionService:
             self.metrics.fallbacks.labels(reason).inc(count)
 
     # --------------------------------------------------------- buffer and flush
-    def _buffer_decisions(self, rows: pd.DataFrame) -> None:
-        if rows.empty:
+    def _buffer_decisions(self, rows: dict[str, np.ndarray]) -> None:
+        n = len(rows["decision_id"])
+        if n == 0:
             return
         with self._buffer_lock:
             self._buffer.append(rows)
-            self._buffer_rows += len(rows)
+            self._buffer_rows += n
             size = self._buffer_rows
         self.metrics.buffered.set(size)
         if size >= self.config.flush_max_rows:
@@ -679,7 +700,10 @@ class DecisionService:
                 frames, self._buffer, self._buffer_rows = self._buffer, [], 0
             if not frames:
                 return 0
-            batch = pd.concat(frames, ignore_index=True)
+            # One frame for the whole batch, built here (off the request path).
+            batch = decisions_frame(
+                {name: np.concatenate([f[name] for f in frames]) for name in frames[0]}
+            )
             callback_error: Exception | None = None
             try:
                 if self.config.mode == "live":
@@ -759,22 +783,46 @@ def _context_groups(requests: Sequence[DecisionRequest]) -> list[list[int]]:
     return groups
 
 
-def _with_request_context(
-    contexts: pd.DataFrame, requests: Sequence[DecisionRequest]
-) -> pd.DataFrame:
-    """Online feature rows with the requests' context values written over them (a contact
-    the store does not know gets a row made of its context alone)."""
-    with_context = [r for r in requests if r.context]
-    if not with_context:
-        return contexts
-    contexts = contexts[~contexts.index.duplicated(keep="last")].copy()
-    for request in with_context:
-        if request.contact_id not in contexts.index:
-            contexts.loc[request.contact_id] = None
-        for name, value in request.context.items():  # type: ignore[union-attr]
+def _feature_columns(values: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+    """Contract-typed columns of the plain values an online read returns (None where a
+    value is absent): the values :func:`online_features` puts in its frame, INTEGER and
+    DOUBLE features as float64 with NaN, VARCHAR as objects."""
+    columns: dict[str, np.ndarray] = {}
+    for name, typ in FEATURES.items():
+        column = values[name]
+        n = len(column)
+        if typ == "INTEGER":
+            # Through int32 like the frame's Int32 column (same range and the same errors).
+            mask = np.fromiter((v is None for v in column), dtype=bool, count=n)
+            data = np.fromiter((0 if v is None else v for v in column), dtype=np.int32, count=n)
+            numbers = data.astype(np.float64)
+            numbers[mask] = np.nan
+            columns[name] = numbers
+        elif typ == "DOUBLE":
+            columns[name] = np.fromiter(
+                (math.nan if v is None else v for v in column), dtype=np.float64, count=n
+            )
+        else:
+            array = np.empty(n, dtype=object)
+            array[:] = column
+            columns[name] = array
+    return columns
+
+
+def _apply_request_context(
+    features: dict[str, np.ndarray],
+    contact_ids: Sequence[str],
+    requests: Sequence[DecisionRequest],
+) -> None:
+    """Write the requests' context values over the stored ones (in place), for every row of
+    the contact: request-time context wins, an INTEGER feature is truncated to an integer."""
+    for request in requests:
+        if not request.context:
+            continue
+        contact = str(request.contact_id)
+        rows = [i for i, contact_id in enumerate(contact_ids) if contact_id == contact]
+        for name, value in request.context.items():
             number = math.nan if value is None else float(value)
             if FEATURES[name] == "INTEGER" and math.isfinite(number):
                 number = float(int(number))
-            contexts[name] = contexts[name].astype("float64")
-            contexts.loc[request.contact_id, name] = number
-    return contexts
+            features[name][rows] = number
