@@ -304,6 +304,9 @@ class ContextualBandit:
         self._models: list[list[lgb.Booster | float]] | None = None
         # The pooled baseline (shared_baseline): a Booster, or a constant with too few rows.
         self._baseline: lgb.Booster | float | None = None
+        # members x actions: each residual booster's own intercept (shared_baseline), added to
+        # its trees' output; 0 for constants and without a shared baseline.
+        self._intercepts: np.ndarray | None = None
         self._decide_rng = np.random.default_rng([self.seed, 0])
         self._draw_hash_key = hashlib.sha256(f"bandit-draw:{self.seed}".encode()).hexdigest()[:16]
         # The residual models stacked into one LightGBM model (:func:`_stack_models`), built
@@ -321,6 +324,7 @@ class ContextualBandit:
         state.setdefault("_baseline", None)
         state.setdefault("baseline_boost_round", 50)
         state.setdefault("baseline_params", dict(DEFAULT_BASELINE_PARAMS))
+        state.setdefault("_intercepts", None)
         self.__dict__.update(state)
         self._stacked = None
 
@@ -422,9 +426,10 @@ class ContextualBandit:
                 start = baseline.predict(features, num_threads=self.num_threads)
         rows_by_action = [np.flatnonzero(action_idx == a) for a in range(len(self.actions))]
         models: list[list[lgb.Booster | float]] = []
-        for _ in range(self.n_members):
+        intercepts = np.zeros((self.n_members, len(self.actions)), dtype=np.float64)
+        for k in range(self.n_members):
             member_models: list[lgb.Booster | float] = []
-            for rows in rows_by_action:
+            for a, rows in enumerate(rows_by_action):
                 # Poisson(1) counts are the bootstrap of streaming data: same law as resampling
                 # n of n with replacement, without materialising the resample.
                 counts = rng.poisson(1.0, size=len(rows)).astype(np.float64)
@@ -444,11 +449,22 @@ class ContextualBandit:
                     "seed": int(rng.integers(0, 2**31 - 1)),
                     "num_threads": self.num_threads,
                 }
+                weight = counts[chosen] * weight_base[sel]
+                init_score = None
+                if self.shared_baseline:
+                    # The action's average deviation from the baseline, shrunk towards 0 as
+                    # if min_data_in_leaf more rows had deviated by nothing. Trees only split
+                    # the rows by features, so an effect the action has on every contact
+                    # alike would otherwise never be learned (no split has any gain).
+                    shrink = float(self.lgbm_params.get("min_data_in_leaf", 20))
+                    residual = reward[sel] - start[sel]
+                    intercepts[k, a] = float(weight @ residual) / (float(weight.sum()) + shrink)
+                    init_score = start[sel] + intercepts[k, a]
                 dataset = lgb.Dataset(
                     features[sel],
                     label=reward[sel],
-                    weight=counts[chosen] * weight_base[sel],
-                    init_score=start[sel] if self.shared_baseline else None,
+                    weight=weight,
+                    init_score=init_score,
                     feature_name=feature_name,
                     free_raw_data=True,
                 )
@@ -458,6 +474,7 @@ class ContextualBandit:
             models.append(member_models)
         self._baseline = baseline
         self._models = models
+        self._intercepts = intercepts
         self._stacked = None
         self._n_fits += 1
 
@@ -540,6 +557,8 @@ class ContextualBandit:
         else:
             raw = stacked.predict(features, raw_score=True, num_threads=self.num_threads)
             out = np.reshape(raw, (n, -1)).T.reshape(self.n_members, len(self.actions), n)
+        if self._intercepts is not None:
+            out += self._intercepts[:, :, None]
         if with_baseline:
             out += self._baseline_prediction(features)
         return out

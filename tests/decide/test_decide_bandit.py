@@ -340,3 +340,20 @@ def test_bandits_pickled_before_the_pooled_baseline_still_decide(training_frame)
     pd.testing.assert_frame_equal(
         restored.expected_rewards(contexts), bandit.expected_rewards(contexts)
     )
+
+
+def test_an_effect_the_same_for_every_contact_is_learned_with_a_pooled_baseline():
+    # offer_b earns 100 more for everybody, with no noise: the residual trees cannot split on
+    # it (no feature separates anything), so the action's own intercept has to carry it.
+    rng = np.random.default_rng(0)
+    n = 3_000
+    contexts = pd.DataFrame({"f1": rng.normal(size=n), "f2": rng.normal(size=n)})
+    actions = rng.choice(["no_offer", "offer_a", "offer_b"], size=n)
+    rewards = np.where(actions == "offer_b", 100.0, 0.0)
+    bandit = ContextualBandit(["no_offer", "offer_a", "offer_b"], seed=1, min_observations=100)
+    bandit.update(contexts, actions, np.full(n, 1 / 3), rewards)
+    fresh = pd.DataFrame({"f1": rng.normal(size=500), "f2": rng.normal(size=500)})
+    expected = bandit.expected_rewards(fresh)
+    gap = expected["offer_b"] - expected[["no_offer", "offer_a"]].max(axis=1)
+    assert (gap > 80).all()
+    assert (bandit.decide(fresh)["action"] == "offer_b").mean() > 0.9

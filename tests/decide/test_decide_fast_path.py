@@ -65,7 +65,10 @@ def test_stacked_ensemble_predicts_exactly_what_its_models_predict(trained_bandi
     for bandit in _bandits(trained_bandit, training_frame):
         assert bandit._stacked_models() is not None
         stacked = bandit._member_predictions(features, with_baseline=False)
-        assert np.array_equal(stacked, bandit._one_by_one(features))
+        expected = bandit._one_by_one(features)
+        if bandit._intercepts is not None:  # each residual model's own intercept
+            expected += bandit._intercepts[:, :, None]
+        assert np.array_equal(stacked, expected)
         # Not pickled: rebuilt after loading, with the same numbers.
         loaded = pickle.loads(pickle.dumps(bandit))
         assert loaded._stacked is None
