@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -173,6 +174,7 @@ def run_demo(
         from journey_pipeline.demo_report import write_demo_report
 
         clock = stages.start(days - 1, None, "report")
+        measure_decision_latency(settings, seed=seed)
         report_path, data = write_demo_report(settings, instance)
         margins = data["margins"]
         stages.done("report", clock)
@@ -316,3 +318,65 @@ def render_summary(summary: dict[str, Any]) -> Table:
         f"{summary['seconds']} s ({stages}); state in {summary['home']}; runs visible in `make ui`"
     )
     return table
+
+
+LATENCY_FILE = "decision_latency.parquet"
+
+
+def measure_decision_latency(
+    settings: Settings, *, probes: int = 300, warmup: int = 20, seed: int = 0
+) -> Path | None:
+    """Time ``probes`` one-contact decisions through the real-time path of ``journey serve``
+    (:meth:`DecisionService.decide_many`: online feature read, the served policy, the
+    explanation), one request at a time, for contacts the run decided for; nothing is logged
+    or sent (``record=False``). The first ``warmup`` calls are not kept. Writes
+    ``reports/decision_latency.parquet`` (probe, contact_id, ms, model_version) and returns
+    its path, or None when there is nothing to probe (no decision yet, no online store).
+    """
+    import duckdb
+    import numpy as np
+    import pandas as pd
+
+    from journey_pipeline.serve.core import (
+        DecisionRequest,
+        DecisionService,
+        ServiceConfig,
+        ServiceNotReady,
+    )
+    from journey_pipeline.warehouse import warehouse
+
+    try:
+        with warehouse(settings.warehouse_path, read_only=True) as con:
+            known = [
+                row[0]
+                for row in con.execute(
+                    "SELECT DISTINCT contact_id FROM decide.decision_log ORDER BY contact_id"
+                ).fetchall()
+            ]
+    except duckdb.CatalogException:  # no decision log yet
+        return None
+    if not known:
+        return None
+    rng = np.random.default_rng([seed, 7])
+    contacts = rng.choice(known, size=probes + warmup, replace=True)
+    service = DecisionService(settings, ServiceConfig(mode="shadow", allow_cold_start=True))
+    try:
+        service.start(background=False)
+        rows = []
+        for i, contact_id in enumerate(contacts):
+            request = DecisionRequest(
+                str(contact_id), trigger_event_id=f"latency-probe-{i}", trigger_type="probe"
+            )
+            started = time.perf_counter()
+            (answer,) = service.decide_many([request], record=False)
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            if i >= warmup:
+                rows.append((i - warmup, str(contact_id), elapsed_ms, answer["model_version"]))
+    except ServiceNotReady:
+        return None
+    finally:
+        service.close()
+    path = settings.reports_dir / LATENCY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["probe", "contact_id", "ms", "model_version"]).to_parquet(path)
+    return path

@@ -272,6 +272,25 @@ def _calibration_png(settings: Settings) -> tuple[bytes | None, str | None]:
     return Path(local).read_bytes(), version
 
 
+def _latency_series(settings: Settings) -> dict[str, Any]:
+    """The demo's one-at-a-time decision probes (``reports/decision_latency.parquet``, written
+    by :func:`journey_pipeline.demo.measure_decision_latency`): every latency, p50 and p99."""
+    path = settings.reports_dir / "decision_latency.parquet"
+    if not path.exists():
+        return {}
+    frame = pd.read_parquet(path).sort_values("probe")
+    if frame.empty:
+        return {}
+    ms = frame["ms"].to_numpy()
+    return {
+        "ms": [float(v) for v in ms],
+        "probes": int(len(ms)),
+        "p50_ms": float(pd.Series(ms).quantile(0.5)),
+        "p99_ms": float(pd.Series(ms).quantile(0.99)),
+        "model_versions": sorted({str(v) for v in frame["model_version"].fillna("cold start")}),
+    }
+
+
 def collect_report_data(settings: Settings, instance: Any) -> dict[str, Any]:
     """Every series the report shows, read from the run's stored results (see the module
     docstring), JSON-ready."""
@@ -294,6 +313,7 @@ def _collect(settings: Settings, instance: Any) -> tuple[dict[str, Any], Any]:
         "retrains": _retrain_series(instance),
         **regret,
         "scoreboard": scoreboard,
+        "decision_latency": _latency_series(settings),
     }
     data["margins"] = margin_rows(regret)
     return _clean(data), report
@@ -346,6 +366,27 @@ def plot_realised(data: dict[str, Any]) -> bytes | None:
     ax.legend(loc="upper left")
     _day_axis(ax, len(days))
     fig.autofmt_xdate()
+    return _png(fig)
+
+
+def plot_latency(data: dict[str, Any]) -> bytes | None:
+    latency = data.get("decision_latency") or {}
+    if not latency.get("ms"):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.hist(latency["ms"], bins=40, color="#4c72b0")
+    for name, style in (("p50_ms", "--"), ("p99_ms", ":")):
+        ax.axvline(
+            latency[name],
+            color="black",
+            linestyle=style,
+            label=f"{name[:3]} {latency[name]:.2f} ms",
+        )
+    ax.set_title(f"One decision through the real-time path ({latency['probes']} probes)")
+    ax.set_xlabel("milliseconds (feature read + policy + explanation)")
+    ax.set_ylabel("decisions")
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -548,6 +589,12 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
             "calibration",
             "no champion yet (cold start): nothing to calibrate",
         ),
+        "<h2>Decision latency</h2>",
+        "<p class='note'>After the last day, one contact at a time through the path of "
+        "<code>journey serve</code> (online feature read, the served policy, the explanation), "
+        "for contacts the run decided for; nothing is logged or sent. The batch path decides "
+        "a day's contacts together and is faster per decision.</p>",
+        _figure(images.get("latency"), "decision latency", "no decision to probe yet"),
         "<h2>Scoreboard</h2>",
         "<p class='note'>North-star metrics and SLOs as the scoreboard asset last measured "
         "them.</p>",
@@ -584,6 +631,7 @@ def write_demo_report(settings: Settings, instance: Any) -> tuple[Path, dict[str
         "realised": plot_realised(data),
         "decisions": plot_decisions(data),
         "drift": plot_drift(data),
+        "latency": plot_latency(data),
     }
     if report is not None:
         images["cumulative"] = _file_png(

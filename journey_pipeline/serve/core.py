@@ -552,11 +552,14 @@ class DecisionService:
         request = DecisionRequest(contact_id, trigger, trigger_type, context)
         return self.decide_many([request])[0]
 
-    def decide_many(self, requests: Sequence[DecisionRequest]) -> list[dict[str, Any]]:
+    def decide_many(
+        self, requests: Sequence[DecisionRequest], *, record: bool = True
+    ) -> list[dict[str, Any]]:
         """Decide for each request, in order, with the policy served when the call began.
 
         Out: one answer per request (:func:`decision_response`). Decisions new to this process
-        are buffered for the log and the outbox. Raises :class:`ServiceNotReady` without a
+        are buffered for the log and the outbox; with ``record=False`` nothing is kept,
+        counted or sent (a probe of the path, e.g. the demo's latency measurement). Raises :class:`ServiceNotReady` without a
         policy, ``ValueError`` for a context naming an unknown feature, and
         :class:`DecisionFailed` if the policy itself fails.
         """
@@ -583,6 +586,8 @@ class DecisionService:
                     self._recent.move_to_end(decision_id)
                     answers[i] = known
         todo = [i for i, answer in enumerate(answers) if answer is None]
+        if not record:
+            return self._probe(policy, requests, trigger_ids, answers, todo)
         self.metrics.batch_size.observe(len(requests))
         # Two requests for one contact with different contexts cannot share a context frame.
         groups = _context_groups([requests[i] for i in todo])
@@ -609,6 +614,24 @@ class DecisionService:
                 answers[i] = self._recent[ids[i]]
             while len(self._recent) > self.config.recent_decisions:
                 self._recent.popitem(last=False)
+        return answers  # type: ignore[return-value]
+
+    def _probe(
+        self,
+        policy: DecisionPolicy,
+        requests: Sequence[DecisionRequest],
+        trigger_ids: Sequence[str],
+        answers: list[dict[str, Any] | None],
+        todo: list[int],
+    ) -> list[dict[str, Any]]:
+        """:meth:`decide_many` with ``record=False``: the same path, nothing buffered."""
+        for group in _context_groups([requests[i] for i in todo]):
+            positions = [todo[g] for g in group]
+            rows = self._decide_rows(
+                policy, [requests[p] for p in positions], [trigger_ids[p] for p in positions]
+            )
+            for position, response in zip(positions, decision_responses(rows), strict=True):
+                answers[position] = response
         return answers  # type: ignore[return-value]
 
     def _decide_rows(

@@ -271,6 +271,13 @@ def _check_report(settings, instance) -> dict:
         pd.read_parquet(settings.reports_dir / "scoreboard.parquet").to_json(orient="records")
     )
     assert data["scoreboard"] == scoreboard
+
+    probes = pd.read_parquet(settings.reports_dir / "decision_latency.parquet")
+    latency = data["decision_latency"]
+    assert latency["ms"] == probes.sort_values("probe")["ms"].tolist()
+    assert latency["p99_ms"] == pytest.approx(probes["ms"].quantile(0.99))
+    assert latency["probes"] == len(probes) > 0
+    assert len(images) >= 4  # decisions, drift, latency and the oracle plots at least
     return data
 
 
