@@ -297,6 +297,12 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except ModuleNotFoundError as exc:  # a stage's library, imported when the command runs
+        console.print(
+            f"[red]missing dependency {exc.name!r}[/red]: install the pinned set with "
+            "`make setup` (or `pip install -c constraints.txt -e .`) in this environment"
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, ValueType
+from feast.errors import FeatureServiceNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
 from feast.infra.online_stores.helpers import _redis_key, _redis_key_prefix
@@ -445,6 +446,18 @@ def _ledger_matches_online(store: FeatureStore, ledger: pa.Table, sample_size: i
 SQLITE_MAX_KEYS = 900
 
 
+STALE_REGISTRY_FIX = (
+    "apply the definitions and fill the online store by materializing the `online_features` "
+    "asset (`dagster asset materialize -m journey_pipeline.definitions --select "
+    "online_features --partition YYYY-MM-DD`, or a `journey demo` day), or register them "
+    "alone with `JOURNEY_HOME=... feast -c feature_repo apply`"
+)
+
+
+class StaleRegistryError(ValueError):
+    """The Feast registry does not hold the project's feature service as the contract says."""
+
+
 class OnlineFeatureReader:
     """Reads the feature service's features straight from Feast's online store.
 
@@ -477,16 +490,23 @@ class OnlineFeatureReader:
             return views
         with self._lock:
             if self._views is None or time.monotonic() - self._resolved_at >= self.refresh_s:
-                service = self.store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+                try:
+                    service = self.store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+                except FeatureServiceNotFoundException as exc:
+                    raise StaleRegistryError(
+                        f"the Feast registry has no feature service {FEATURE_SERVICE!r}: "
+                        f"{STALE_REGISTRY_FIX}"
+                    ) from exc
                 resolved = []
                 for projection in service.feature_view_projections:
                     view = self.store.get_feature_view(projection.name, allow_registry_cache=True)
                     resolved.append((view, [f.name for f in projection.features]))
                 missing = set(FEATURES) - {n for _, names in resolved for n in names}
                 if missing:
-                    raise ValueError(
+                    raise StaleRegistryError(
                         f"the feature service {FEATURE_SERVICE!r} lacks the contract features "
-                        f"{sorted(missing)}"
+                        f"{sorted(missing)}: the registry is older than the contract; "
+                        f"{STALE_REGISTRY_FIX}"
                     )
                 self._views, self._resolved_at = resolved, time.monotonic()
             return self._views

@@ -129,3 +129,11 @@ def test_answers_built_column_wise_equal_the_row_by_row_answers(served_home):
         assert decision_responses(rows.iloc[:0]) == []
     finally:
         service.close()
+
+
+def test_a_registry_without_the_feature_service_says_how_to_fill_it(settings):
+    """A fresh (or stale) Feast registry: the error names the commands that fix it."""
+    store = fs.build_store(settings)
+    with pytest.raises(fs.StaleRegistryError, match="feast -c feature_repo apply") as caught:
+        fs.online_features(store, ["C-0000001"])
+    assert "online_features" in str(caught.value)
