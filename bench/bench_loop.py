@@ -99,22 +99,6 @@ def _up(host: str, port: int) -> bool:
 
 
 @contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in (*PROFILE_VARIABLES, *values)}
-    for name in PROFILE_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
 def _postgres_databases(*names: str) -> Iterator[None]:
     import psycopg2
 
@@ -174,7 +158,10 @@ def _stage_seconds(instance: Any, run_id: str) -> dict[str, float]:
 
 def run_day(env: dict[str, str], contacts: int, seed: int) -> dict[str, Any]:
     """Simulate one day of a new world and run the daily loop on it under ``env``."""
-    with _environment(env), warnings.catch_warnings():
+    from journey_pipeline.features.dbt_assets import environment
+
+    # The profile's variables of this shell are unset first: ``env`` alone picks the stores.
+    with environment({**dict.fromkeys(PROFILE_VARIABLES), **env}), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from journey_pipeline.definitions import defs
         from journey_pipeline.instance import dagster_instance

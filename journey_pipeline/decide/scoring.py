@@ -17,6 +17,7 @@ import pandas as pd
 from journey_pipeline.decide.log import append_decisions, ensure_decision_log
 from journey_pipeline.decide.policy import DecisionPolicy
 from journey_pipeline.decide.registry import CHALLENGER, CHAMPION, load_policy_model
+from journey_pipeline.decide.reward_model import TRAINING_COLUMNS
 from journey_pipeline.settings import Settings
 
 TRIGGER_TYPES = ("cart.abandoned", "lifecycle.opportunity")
@@ -147,16 +148,5 @@ def labelled_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         ).fetchall()
     }
     if not {"learn.outcomes", "decide.decision_log"} <= tables:
-        return pd.DataFrame(
-            columns=[
-                "decision_id",
-                "contact_id",
-                "decided_at",
-                "action",
-                "propensity",
-                "reward",
-                "converted",
-                "revenue",
-            ]
-        )
+        return pd.DataFrame(columns=[*TRAINING_COLUMNS, "revenue"])
     return con.execute(_LABELLED_SQL).df()

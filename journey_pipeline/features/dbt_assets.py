@@ -146,11 +146,16 @@ def dbt_target_path(home: Path) -> Path:
 
 
 @contextmanager
-def environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set ``variables`` in this process's environment for the ``with`` block, then restore
-    what was there. dagster-dbt copies the environment when it starts the dbt process."""
+def environment(variables: Mapping[str, str | None]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment for the ``with`` block (None unsets
+    one), then restore what was there. dagster-dbt copies the environment when it starts the
+    dbt process."""
     saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:

@@ -129,6 +129,19 @@ def _assign_all_partitions(consumer: Consumer, topic: str, timeout_s: float) -> 
     consumer.assign(committed)
 
 
+def consume_messages(consumer: Consumer, wanted: int, timeout_s: float) -> list[Message]:
+    """One ``consume`` call of up to ``wanted`` messages: partition-end notices are dropped,
+    any other error raises :class:`KafkaException`. Shared with the real-time stream."""
+    good: list[Message] = []
+    for message in consumer.consume(num_messages=wanted, timeout=timeout_s):
+        error = message.error()
+        if error is None:
+            good.append(message)
+        elif error.code() != KafkaError._PARTITION_EOF:
+            raise KafkaException(error)
+    return good
+
+
 def _poll(
     consumer: Consumer, wanted: int, idle_timeout_s: float, join_timeout_s: float
 ) -> list[Message]:
@@ -149,12 +162,6 @@ def _poll(
             left = max(idle_timeout_s, join_timeout_s) - (now - started)
         if left <= 0:
             return []
-        good: list[Message] = []
-        for message in consumer.consume(num_messages=wanted, timeout=min(0.5, left)):
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                raise KafkaException(error)
+        good = consume_messages(consumer, wanted, min(0.5, left))
         if good:
             return good

@@ -34,8 +34,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
+from journey_pipeline.observe.kafka_source import consume_messages
 from journey_pipeline.observe.schema import (
     DEBEZIUM_SOURCE,
     CanonicalEvent,
@@ -224,14 +225,7 @@ def _poll_batch(
     or never), then takes what is already there. Partition-end notices are skipped."""
     deadline = None if idle_timeout_s is None else time.monotonic() + idle_timeout_s
     while not stop.is_set():
-        messages = consumer.consume(num_messages=wanted, timeout=0.05)
-        good = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                raise KafkaException(error)
+        good = consume_messages(consumer, wanted, 0.05)
         if good:
             return good
         if deadline is not None and time.monotonic() >= deadline:
