@@ -64,9 +64,9 @@ class TrainingAssetConfig(dg.Config):
     deps=[dg.AssetKey("outcomes"), dg.AssetKey("online_features")],
     kinds={"feast", "lightgbm", "mlflow"},
     description=(
-        "Trains the reward models (LightGBM per action) on matured decisions joined point-in-time "
-        "with their features through Feast, logs the run to MLflow and registers the policy as "
-        "the new `challenger`. Under cold start (too few outcomes) it registers nothing."
+        "Trains the reward models (LightGBM: a pooled baseline and per-action corrections) on "
+        "matured decisions joined point-in-time with their features through Feast, logs the "
+        "run to MLflow and registers the policy as the new `challenger`. Under cold start (too few outcomes) it registers nothing."
     ),
 )
 def reward_model(
