@@ -20,5 +20,8 @@
         'offer_click_rate_30d': 'DOUBLE',
         'last_action': 'VARCHAR',
         'days_since_last_action': 'INTEGER',
+        'acquisition_channel': 'VARCHAR',
+        'acquisition_channel_rank': 'INTEGER',
+        'loyalty_member': 'INTEGER',
     }) }}
 {% endmacro %}

@@ -15,7 +15,11 @@ import pandas as pd
 
 from journey_pipeline.actions import ACTIONS
 from journey_pipeline.decide.log import decision_ids
-from journey_pipeline.features.contract import LIFECYCLE_STAGES, MODEL_FEATURES
+from journey_pipeline.features.contract import (
+    ACQUISITION_CHANNELS,
+    LIFECYCLE_STAGES,
+    MODEL_FEATURES,
+)
 
 
 def synthetic_contexts(n: int, seed: int = 0, *, missing_share: float = 0.0) -> pd.DataFrame:
@@ -36,6 +40,7 @@ def synthetic_contexts(n: int, seed: int = 0, *, missing_share: float = 0.0) -> 
     open_rate = np.where(offers_30d > 0, rng.beta(2, 3, n), np.nan)
     click_rate = np.where(offers_30d > 0, open_rate * rng.beta(2, 5, n), np.nan)
     days_since_action = np.where(offers_30d > 0, rng.integers(7, 30, n), np.nan)
+    channel_rank = rng.choice(len(ACQUISITION_CHANNELS), n, p=[0.4, 0.3, 0.15, 0.15])
     frame = pd.DataFrame(
         {
             "spend_30d": spend_30d,
@@ -53,6 +58,8 @@ def synthetic_contexts(n: int, seed: int = 0, *, missing_share: float = 0.0) -> 
             "offer_open_rate_30d": open_rate,
             "offer_click_rate_30d": click_rate,
             "days_since_last_action": days_since_action,
+            "acquisition_channel_rank": channel_rank.astype(np.int64),
+            "loyalty_member": (rng.random(n) < 0.2).astype(np.int64),
         },
         index=pd.Index([f"C-{i:06d}" for i in range(1, n + 1)], name="contact_id"),
     )[MODEL_FEATURES].astype(np.float64)

@@ -13,6 +13,8 @@ FEATURE_VIEW = "contact_features"
 FEATURE_SERVICE = "next_best_action"
 
 LIFECYCLE_STAGES = ["subscriber", "lead", "mql", "sql", "opportunity", "customer", "churned"]
+# CRM contact property ``acquisition_channel``; its rank is the index here (NULL if unlisted).
+ACQUISITION_CHANNELS = ["paid_search", "organic", "coupon_site", "referral"]
 
 # name -> dbt/DuckDB type. NULL means "undefined" (never purchased, no offer received yet);
 # LightGBM treats it as missing. Counts and sums over empty windows are 0, never NULL.
@@ -34,6 +36,10 @@ FEATURES: dict[str, str] = {
     "offer_click_rate_30d": "DOUBLE",  # NULL if no offer delivered in 30d
     "last_action": "VARCHAR",  # NULL if never offered
     "days_since_last_action": "INTEGER",  # NULL if never offered
+    # CRM contact properties, as of the cutoff (NULL until the CRM has sent them).
+    "acquisition_channel": "VARCHAR",
+    "acquisition_channel_rank": "INTEGER",  # index in ACQUISITION_CHANNELS
+    "loyalty_member": "INTEGER",  # 1 member, 0 not
 }
 
 # The numeric features the reward model consumes (strings are carried as their rank/ignored).

@@ -47,6 +47,7 @@ from feast.repo_config import RegistryConfig, RepoConfig
 from feast.types import Float64, Int32, String
 
 from journey_pipeline.features.contract import (
+    ACQUISITION_CHANNELS,
     ENTITY_KEY,
     EXPORT_FILE,
     FEATURE_SERVICE,
@@ -1007,6 +1008,7 @@ def synthetic_feature_rows(
     actions = np.array(["no_offer", "offer_a", "offer_b"], dtype=object)
     offered_ever = rng.random(n) < 0.7
     tenure = (rng.integers(0, 700, n) + day_index).astype(np.int32)
+    channel = rng.integers(0, len(ACQUISITION_CHANNELS), n).astype(np.int32)
 
     def masked(values: np.ndarray, valid: np.ndarray, typ: pa.DataType) -> pa.Array:
         return pa.array(values, type=typ, mask=~valid)
@@ -1036,6 +1038,9 @@ def synthetic_feature_rows(
         "offer_click_rate_30d": masked(clicks / np.maximum(offers, 1), has_offers, pa.float64()),
         "last_action": masked(actions[rng.integers(0, len(actions), n)], offered_ever, pa.string()),
         "days_since_last_action": masked(rng.integers(0, 90, n), offered_ever, pa.int32()),
+        "acquisition_channel": pa.array(np.array(ACQUISITION_CHANNELS, dtype=object)[channel]),
+        "acquisition_channel_rank": pa.array(channel, pa.int32()),
+        "loyalty_member": pa.array((rng.random(n) < 0.2).astype(np.int32), pa.int32()),
     }
     return pa.table(columns)
 

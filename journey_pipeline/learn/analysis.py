@@ -37,8 +37,15 @@ AGE_FEATURES = (
 # ending, a promotion), which is not a change in the customers. A change in how customers
 # respond to offers shows in the performance sensor and the experiment analysis instead.
 POLICY_FEATURES = ("offers_received_30d", "offer_open_rate_30d", "offer_click_rate_30d")
+# CRM properties set at sign-up: a contact's value does not move, so their distribution moves
+# only as far as the population turns over in a window (a few percent a week). In the drift
+# share they would mostly add features that cannot have drifted yet and dilute the ones that
+# have; a change in who signs up shows first in behaviour and in the performance sensor.
+PROPERTY_FEATURES = ("acquisition_channel_rank", "loyalty_member")
 # Drift is judged on the remaining features: the customers' own behaviour and state.
-DRIFT_FEATURES = [f for f in MODEL_FEATURES if f not in AGE_FEATURES + POLICY_FEATURES]
+DRIFT_FEATURES = [
+    f for f in MODEL_FEATURES if f not in AGE_FEATURES + POLICY_FEATURES + PROPERTY_FEATURES
+]
 # Fewer comparable features than this and the drift share says little (one feature gives a
 # share of 0 or 1): the check is skipped with a reason.
 MIN_DRIFT_FEATURES = 2

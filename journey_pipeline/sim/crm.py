@@ -28,6 +28,8 @@ CONTACT_COLUMNS: tuple[str, ...] = (
     "last_name",
     "lifecycle_stage",
     "status",
+    "acquisition_channel",
+    "loyalty_member",
     "created_at",
     "updated_at",
 )
@@ -80,7 +82,7 @@ class CrmDayWriter:
         row each. Out: their ``change_log.seq`` values, in order."""
         cur = self._cur
         upserts = [
-            tuple(c.after[col] for col in CONTACT_COLUMNS)
+            tuple(c.after.get(col) for col in CONTACT_COLUMNS)
             for c in changes
             if c.op in ("c", "u") and c.after is not None
         ]

@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     last_name       TEXT,
     lifecycle_stage TEXT NOT NULL,
     status          TEXT NOT NULL,
+    acquisition_channel TEXT,
+    loyalty_member  INTEGER,          -- 1/0
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL
 );

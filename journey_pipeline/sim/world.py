@@ -23,13 +23,21 @@ Latent traits (never emitted) and what they drive
 What is observable, and so learnable by a model on the features: price-sensitive contacts
 abandon carts twice as often and spend less per order; perk lovers browse and buy more often;
 contacts put off by offers spend more per order, abandon fewer carts and rarely open or click
-offers; every contact clicks more on the offer that works on them.
+offers; every contact clicks more on the offer that works on them. Two CRM contact properties,
+set when the contact signs up, lean on the segment without giving it away:
+``acquisition_channel`` (most price-sensitive contacts came through a coupon site, most perk
+lovers through a referral, most contacts put off by offers found the shop organically;
+``CHANNEL_MIX``) and ``loyalty_member`` (mostly perk lovers; ``LOYALTY_RATE``).
 
 A day (:meth:`World.step`)
 --------------------------
-1. Open CRM tasks created before the end of the day are applied (status ``applied``; tasks
-   whose contact was erased or whose action is unknown become ``skipped``). Each applied task
-   opens a 7-day *decision window* for its contact (a newer task replaces an older window).
+1. Decision windows open. A contact triggered yesterday (see below) that is not inside a
+   window gets a 7-day *decision window* starting today with no offer: its purchase schedule
+   is frozen, as for a decision that sent nothing (the holdout, ``no_offer``). Then open CRM
+   tasks created before the end of the day are applied (status ``applied``; tasks whose
+   contact was erased or whose action is unknown become ``skipped``). Each applied task opens
+   a window with its offer, replacing the contact's current one. A trigger inside a window
+   opens none: the window runs to its end.
 2. Erasure requests (``contact.deleted``, 0.03% of contacts a day), new contacts
    (``contact.created``, 0.2% of the initial population a day; more after drift).
 3. Lifecycle: subscriber -> lead -> mql -> sql -> opportunity (by daily transition
@@ -72,7 +80,10 @@ from the contact's payments during the 7-day window of a decision applied on ``d
 the action's fixed cost (``journey_pipeline.actions``): a sum over the frozen schedule, with
 the delivery delay and the daily erasure probability integrated out. It uses the contact's
 state as it is now (stage, last cart); for the day about to be simulated
-(``day == world.day``) it is exactly the value of a task applied in the next step. Each
+(``day == world.day``) it is exactly the value of a task applied in the next step, and, for
+``no_offer``, exactly the value of the window a trigger opens without a task. It is not exact
+for a contact already inside a window (a second trigger within 7 days, or the frequency cap):
+that window runs on, with the offer it holds. Each
 applied task's expected margins for every action are also logged
 (:meth:`World.decision_oracle`), so regret of logged decisions is measurable afterwards.
 
@@ -85,7 +96,8 @@ object per line::
      "source": "local_crm" | "web" | "billing", "payload": {"contact_id": "C-0000042", ...}}
 
 ``contact.created``/``contact.updated`` payloads: ``contact_id, email, phone, first_name,
-lifecycle_stage, status`` (raw PII, as a CRM sends it); ``contact.deleted``: ``contact_id``.
+lifecycle_stage, status, acquisition_channel, loyalty_member`` (raw PII, as a CRM sends it;
+``loyalty_member`` a JSON boolean); ``contact.deleted``: ``contact_id``.
 ``product.viewed``: ``product_id``; ``cart.abandoned``: ``product_id, cart_value``;
 ``payment.succeeded``: ``amount, currency ("USD"), order_id`` and ``decision_id`` when it
 redeemed an offer; ``offer.delivered|opened|clicked``: ``decision_id, action``.
@@ -100,7 +112,7 @@ CRM ``contacts`` table, taken from the CRM ``change_log``::
                 "lsn": <change_log.seq>}}
 
 A row has every column of ``contacts``: ``contact_id, email, phone, first_name, last_name,
-lifecycle_stage, status, created_at, updated_at`` (timestamps as ISO-8601 strings with Z).
+lifecycle_stage, status, acquisition_channel, loyalty_member, created_at, updated_at`` (timestamps as ISO-8601 strings with Z).
 ``op`` ``c`` maps to ``contact.created`` (from ``after``), ``u`` to ``contact.updated``
 (``after``), ``d`` to ``contact.deleted`` (``before``). Envelopes carry no ``event_id``;
 ``(source.name, source.table, source.lsn)`` identifies a change uniquely.
@@ -121,7 +133,7 @@ import orjson
 import pandas as pd
 
 from journey_pipeline.actions import ACTION_NAMES, ACTIONS
-from journey_pipeline.features.contract import LIFECYCLE_STAGES
+from journey_pipeline.features.contract import ACQUISITION_CHANNELS, LIFECYCLE_STAGES
 from journey_pipeline.sim.crm import ContactChange, LocalCrmStore
 
 # ---------------------------------------------------------------------------------------
@@ -134,6 +146,17 @@ SEGMENT_CART = np.array([1.0, 2.0, 1.0, 0.6])  # cart abandonment multiplier
 SEGMENT_ORDER_VALUE = np.array([1.0, 0.75, 0.95, 1.3])
 SEGMENT_VIEWS = np.array([1.0, 1.1, 1.4, 0.8])
 SEGMENT_BASE_HAZARD = np.array([1.0, 0.9, 1.3, 1.0])
+# CRM properties drawn at sign-up. Rows: segment; columns: ACQUISITION_CHANNELS
+# (paid_search, organic, coupon_site, referral).
+CHANNEL_MIX = np.array(
+    [
+        [0.50, 0.38, 0.06, 0.06],
+        [0.15, 0.05, 0.75, 0.05],
+        [0.15, 0.07, 0.03, 0.75],
+        [0.25, 0.70, 0.02, 0.03],
+    ]
+)
+LOYALTY_RATE = np.array([0.15, 0.10, 0.70, 0.05])
 
 (SUBSCRIBER, LEAD, MQL, SQL, OPPORTUNITY, CUSTOMER, CHURNED) = range(7)
 if LIFECYCLE_STAGES[OPPORTUNITY : CHURNED + 1] != ["opportunity", "customer", "churned"]:
@@ -327,7 +350,16 @@ _STREAMS = [
 _CHANGE_TYPE = {"c": "contact.created", "u": "contact.updated", "d": "contact.deleted"}
 _CHANGE_KIND = {op: EVENT_TYPES.index(name) for op, name in _CHANGE_TYPE.items()}
 _COLUMNS = ("kind", "second", "contact", "ref", "value", "decision")
-CONTACT_PAYLOAD = ("contact_id", "email", "phone", "first_name", "lifecycle_stage", "status")
+CONTACT_PAYLOAD = (
+    "contact_id",
+    "email",
+    "phone",
+    "first_name",
+    "lifecycle_stage",
+    "status",
+    "acquisition_channel",
+    "loyalty_member",
+)
 _PRODUCT_IDS = [f"P-{k + 1:04d}" for k in range(N_PRODUCTS)]
 _CHUNK = 50_000  # lines encoded (and CRM rows written) at a time
 _NEVER = -(10**6)  # day index meaning "never happened"
@@ -416,6 +448,9 @@ _CONTACT_ARRAYS: dict[str, type] = {
     "win_delivery": np.int8,  # offset of the delivery day inside the window
     "win_decision": np.int32,  # row in the decision table
     "win_redeemed": np.bool_,
+    "trigger_day": np.int32,  # last day with a decision trigger, _NEVER if none
+    "channel": np.int8,  # index in ACQUISITION_CHANNELS
+    "loyalty": np.bool_,
 }
 
 
@@ -497,6 +532,10 @@ class World:
         else:
             stage = np.where(rng.random(n) < 0.7, SUBSCRIBER, LEAD).astype(np.int8)
             created_sec = rng.integers(_ACTIVITY_START, _DAY_SECONDS, size=n)
+        # Drawn last, so the traits above are what they were before these properties existed.
+        cumulative = CHANNEL_MIX.cumsum(axis=1)[segment]
+        channel = (rng.random(n)[:, None] > cumulative[:, :-1]).sum(axis=1)
+        loyalty = rng.random(n) < LOYALTY_RATE[segment]
         day_ts = self._epoch(day)
         new = {
             "segment": segment,
@@ -522,6 +561,9 @@ class World:
             "win_delivery": np.zeros(n),
             "win_decision": np.full(n, -1),
             "win_redeemed": np.zeros(n, dtype=bool),
+            "trigger_day": np.full(n, _NEVER),
+            "channel": channel,
+            "loyalty": loyalty,
         }
         first = self.n_contacts
         for key, dtype in _CONTACT_ARRAYS.items():
@@ -606,6 +648,8 @@ class World:
                 "base_hazard": c["base_hazard"][idx],
                 "order_value": c["order_value"][idx],
                 "lifecycle_stage": np.array(LIFECYCLE_STAGES)[c["stage"][idx]],
+                "acquisition_channel": np.array(ACQUISITION_CHANNELS)[c["channel"][idx]],
+                "loyalty_member": c["loyalty"][idx],
             }
         )
 
@@ -746,6 +790,7 @@ class World:
 
         if task_cutoff is None:
             task_cutoff = (today + timedelta(days=1)).isoformat() + "T00:00:00"
+        self._open_trigger_windows(t)
         applied, skipped = self._apply_tasks(crm, t, task_cutoff)
         stage_before = c["stage"].copy()
         changes: list[tuple[int, int, str, int]] = []  # (second, contact, op, new stage)
@@ -797,7 +842,9 @@ class World:
             changes.append((int(moved_sec[j]), int(active[j]), "u", int(new_stage[j])))
         c["stage"][active] = new_stage
         c["stage_day"][active[moved]] = t
-        to_opportunity = int((advance & (new_stage == OPPORTUNITY)).sum())
+        became_opportunity = advance & (new_stage == OPPORTUNITY)
+        to_opportunity = int(became_opportunity.sum())
+        c["trigger_day"][active[became_opportunity]] = t
 
         # Product views (Poisson) and cart abandonment (its product is viewed first).
         products_p = 1.0 / np.arange(1, N_PRODUCTS + 1) ** 1.1
@@ -860,6 +907,7 @@ class World:
         # ...unless a decision window holds it: the frozen schedule is what the oracle sums.
         hazard[windowed] = self.win_hazard[active[windowed], offset[windowed]]
         c["last_cart_day"][abandoners] = t
+        c["trigger_day"][abandoners] = t
         # Draws are made for every contact and indexed by contact, so two worlds with the same
         # seed that differ only in the decisions taken see the same luck (common random
         # numbers): comparisons of policies are paired.
@@ -933,6 +981,25 @@ class World:
             tasks_skipped=len(skipped),
             contacts_live=int(self.contacts["alive"].sum()),
             triggers=len(abandoners) + to_opportunity,
+        )
+
+    def _open_trigger_windows(self, t: int) -> None:
+        """Open a no-offer decision window on day ``t`` for every live contact triggered on
+        day ``t - 1`` (a cart abandoned, or the stage became opportunity) that is not inside
+        a window already: its purchase schedule is frozen from its state now, exactly as a
+        task applied today would freeze it. A task applied today replaces it."""
+        c = self.contacts
+        in_window = (t - c["win_start"] >= 0) & (t - c["win_start"] < WINDOW_DAYS)
+        idx = np.flatnonzero(c["alive"] & (c["trigger_day"] == t - 1) & ~in_window)
+        if not len(idx):
+            return
+        c["win_start"][idx] = t
+        c["win_action"][idx] = _NO_OFFER
+        c["win_delivery"][idx] = 0
+        c["win_decision"][idx] = -1
+        c["win_redeemed"][idx] = False
+        self.win_hazard[idx] = np.minimum(self._baseline_schedule(idx, t), HAZARD_CAP).astype(
+            np.float32
         )
 
     def _apply_tasks(self, crm: LocalCrmStore, t: int, cutoff: str) -> tuple[list, list]:
@@ -1051,6 +1118,8 @@ class World:
         firsts = [FIRST_NAMES[k] for k in c["first_name"][idx].tolist()]
         lasts = [LAST_NAMES[k] for k in c["last_name"][idx].tolist()]
         created = [self._ts_iso(ts) for ts in c["created_ts"][idx].tolist()]
+        channels = [ACQUISITION_CHANNELS[k] for k in c["channel"][idx].tolist()]
+        loyalty = c["loyalty"][idx].tolist()
         return {
             i: {
                 "contact_id": contact_id_of(i),
@@ -1058,9 +1127,13 @@ class World:
                 "phone": f"+1555{(i * 7_919 + self.seed) % 10_000_000:07d}",
                 "first_name": first,
                 "last_name": last,
+                "acquisition_channel": channel,
+                "loyalty_member": member,
                 "created_at": at,
             }
-            for i, first, last, at in zip(idx, firsts, lasts, created, strict=True)
+            for i, first, last, at, channel, member in zip(
+                idx, firsts, lasts, created, channels, loyalty, strict=True
+            )
         }
 
     def _contact_changes(

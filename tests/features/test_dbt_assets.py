@@ -33,6 +33,7 @@ VIEW_KEYS = [
         "stg_contacts",
         "int_contact_daily",
         "int_contact_lifecycle_history",
+        "int_contact_properties",
         "int_offer_outcomes",
     )
 ]

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from journey_pipeline.features.contract import EXPORT_FILE, FEATURES, LIFECYCLE_STAGES, MART
+from journey_pipeline.features.contract import (
+    ACQUISITION_CHANNELS,
+    EXPORT_FILE,
+    FEATURES,
+    LIFECYCLE_STAGES,
+    MART,
+)
 from journey_pipeline.features.dbt_args import dbt_build_args, feature_window_vars
 from journey_pipeline.warehouse import ensure_core_schema, warehouse
 
@@ -76,7 +82,8 @@ def add_events(home: Path, events: list[dict]) -> None:
     with warehouse(home / "warehouse.duckdb") as con:
         for n, event in enumerate(events):
             occurred_at = dt.datetime.fromisoformat(event["at"])
-            payload = {"action": event["action"]} if "action" in event else None
+            payload = {"action": event["action"]} if "action" in event else {}
+            payload.update(event.get("properties", {}))
             con.execute(
                 """
                 INSERT INTO raw.events (event_id, occurred_at, event_date, event_type, source,
@@ -383,11 +390,47 @@ def test_unknown_lifecycle_stage_fails_accepted_values(home: Path) -> None:
     assert not (home / "features" / EXPORT_FILE).exists()
 
 
+def test_crm_properties_are_taken_as_of_the_cutoff(home: Path) -> None:
+    """acquisition_channel and loyalty_member come from the latest contact.* event before the
+    cutoff that carried them; an update without them keeps them; an unlisted channel has no
+    rank; a contact whose events never carried them has NULLs."""
+
+    def contact(cid: str, kind: str, at: str, **properties: object) -> dict:
+        return {"contact": cid, "type": kind, "at": at, "stage": "lead", "properties": properties}
+
+    add_events(
+        home,
+        [
+            contact(
+                "C-1",
+                "contact.created",
+                "2026-02-01T08:00:00",
+                acquisition_channel="coupon_site",
+                loyalty_member=False,
+            ),
+            contact("C-1", "contact.updated", "2026-02-20T08:00:00"),  # no properties
+            contact("C-1", "contact.updated", "2026-03-01T00:00:00", loyalty_member=True),
+            contact("C-2", "contact.created", "2026-02-01T08:00:00", acquisition_channel="tv"),
+            contact("C-3", "contact.created", "2026-02-01T08:00:00"),
+        ],
+    )
+    assert_all_passed(run_dbt(home, dbt_build_args()))
+    rows = feature_rows(home)
+    properties = ("acquisition_channel", "acquisition_channel_rank", "loyalty_member")
+    at = {key: tuple(row[name] for name in properties) for key, row in rows.items()}
+    assert at[("C-1", D)] == ("coupon_site", ACQUISITION_CHANNELS.index("coupon_site"), 0)
+    # Set exactly at D's cutoff: known from D + 1 on.
+    assert at[("C-1", D + dt.timedelta(days=1))] == ("coupon_site", 2, 1)
+    assert at[("C-2", D)] == ("tv", None, None)
+    assert at[("C-3", D)] == (None, None, None)
+
+
 def test_dbt_lifecycle_stages_mirror_the_contract() -> None:
     import yaml
 
     project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
     assert project["vars"]["lifecycle_stages"] == LIFECYCLE_STAGES
+    assert project["vars"]["acquisition_channels"] == ACQUISITION_CHANNELS
     marts = yaml.safe_load((DBT_PROJECT_DIR / "models" / "marts" / "_marts.yml").read_text())
     stage_column = next(c for c in marts["models"][0]["columns"] if c["name"] == "lifecycle_stage")
     accepted = stage_column["data_tests"][0]["accepted_values"]["arguments"]["values"]

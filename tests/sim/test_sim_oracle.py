@@ -95,6 +95,44 @@ def test_expected_margin_matches_realised_mean(policy_runs, policy):
     assert abs(residual.mean()) < 4 * se, (residual.mean(), se)
 
 
+def test_triggered_contact_without_a_task_realises_the_no_offer_value(tmp_path):
+    """A decision that sends nothing (no_offer, the holdout) opens no CRM task; the trigger's
+    own window freezes the contact's schedule, so the oracle's no_offer value is the world's
+    expectation for it too, not only for contacts given a task."""
+    world = World.create(30_000, 5, START)
+    with LocalCrmStore(tmp_path / "crm.db") as crm:
+        for _ in range(4):
+            world.step(crm, tmp_path / "warmup")
+        c = world.contacts
+        t = world.day
+        in_window = (t - c["win_start"] >= 0) & (t - c["win_start"] < WINDOW_DAYS)
+        idx = np.flatnonzero(c["alive"] & (c["trigger_day"] == t - 1) & ~in_window)
+        assert len(idx) > 500
+        expected = world.expected_margin(idx, "no_offer", t)
+        schedule = np.minimum(world._baseline_schedule(idx, t), 0.9)
+        # Triggered again while inside a window: that window runs on.
+        rerun = np.flatnonzero(c["alive"] & (c["trigger_day"] == t - 1) & in_window)
+        assert len(rerun) > 50
+        kept = c["win_start"][rerun].copy()
+        ids = set(world.contact_ids(idx))
+        revenue = dict.fromkeys(ids, 0.0)
+        for day in range(WINDOW_DAYS):
+            report = world.step(crm, tmp_path / "landing")
+            if day == 0:
+                # The trigger opened a no-offer window today, frozen from the oracle's schedule.
+                assert (world.contacts["win_start"][idx] == t).all()
+                assert (world.contacts["win_action"][idx] == ACTION_NAMES.index("no_offer")).all()
+                np.testing.assert_allclose(world.win_hazard[idx], schedule, rtol=1e-6)
+                assert (world.contacts["win_start"][rerun] == kept).all()
+            for e in read_events(report.events_path):
+                if e["type"] == "payment.succeeded" and e["payload"]["contact_id"] in ids:
+                    revenue[e["payload"]["contact_id"]] += e["payload"]["amount"]
+    realised = np.array([revenue[c] for c in world.contact_ids(idx)])
+    residual = realised - expected
+    se = residual.std(ddof=1) / np.sqrt(len(residual))
+    assert abs(residual.mean()) < 4 * se, (residual.mean(), se)
+
+
 def test_offers_change_purchase_probability_measurably(policy_runs):
     expected, _, _, _ = policy_runs
     spread = expected[["offer_a", "offer_b"]].add(
@@ -146,3 +184,13 @@ def test_observable_behaviour_carries_signal_about_traits(tmp_path):
         > 1.2 * by_segment.loc["indifferent", "product.viewed"]
     )
     assert np.corrcoef(traits["engagement"], traits["product.viewed"])[0, 1] > 0.3
+    # The CRM properties the contact.* events carry lean on the segment, without giving it away.
+    sent = pd.DataFrame(
+        [e["payload"] for e in events if e["type"] == "contact.created"]
+    ).drop_duplicates("contact_id")
+    props = world.traits().merge(sent, on="contact_id", suffixes=("", "_sent"))
+    assert (props["acquisition_channel_sent"] == props["acquisition_channel"]).all()
+    coupon = props.loc[props["acquisition_channel"] == "coupon_site", "segment"]
+    assert 0.6 < (coupon == "price_sensitive").mean() < 0.95
+    members = props.loc[props["loyalty_member_sent"], "segment"]
+    assert 0.4 < (members == "perk_lover").mean() < 0.9

@@ -15,7 +15,7 @@ import pytest
 from conftest import insert_tasks, read_events
 
 from journey_pipeline.actions import ACTION_NAMES
-from journey_pipeline.features.contract import LIFECYCLE_STAGES
+from journey_pipeline.features.contract import ACQUISITION_CHANNELS, LIFECYCLE_STAGES
 from journey_pipeline.sim.crm import CONTACT_COLUMNS, LocalCrmStore
 from journey_pipeline.sim.world import World
 
@@ -140,8 +140,12 @@ def test_every_line_is_a_canonical_event(simulated):
                     "first_name",
                     "lifecycle_stage",
                     "status",
+                    "acquisition_channel",
+                    "loyalty_member",
                 }
                 assert p["lifecycle_stage"] in LIFECYCLE_STAGES
+                assert p["acquisition_channel"] in ACQUISITION_CHANNELS
+                assert isinstance(p["loyalty_member"], bool)
             elif e["type"] == "contact.deleted":
                 assert set(p) == {"contact_id"}
     assert set(types) == set(SOURCES), f"every event type occurs: {types}"

@@ -21,6 +21,7 @@
 {#- An integer surrogate partitions the windows: sorting by it is cheaper than by the id text. -#}
 {%- set by_day = "partition by grid.contact_key order by grid.day" -%}
 {%- set stages = var('lifecycle_stages') -%}
+{%- set channels = var('acquisition_channels') -%}
 {%- set ts = dbt.type_timestamp() %}
 
 with contacts as (
@@ -194,7 +195,14 @@ features as (
         last_offer_day.last_action_of_day as last_action,
         {{ dbt.datediff(
             'coalesce(activity_windows.last_offer_date, history_before_lookback.last_offer_date)',
-            'activity_windows.feature_date', 'day') }} as days_since_last_action
+            'activity_windows.feature_date', 'day') }} as days_since_last_action,
+        properties.acquisition_channel,
+        case properties.acquisition_channel
+            {%- for channel in channels %}
+            when '{{ channel }}' then {{ loop.index0 }}
+            {%- endfor %}
+        end as acquisition_channel_rank,
+        properties.loyalty_member
     from activity_windows
     inner join contacts
         on contacts.contact_id = activity_windows.contact_id
@@ -205,6 +213,11 @@ features as (
         on stage.contact_id = activity_windows.contact_id
         and stage.entered_at < cast(activity_windows.feature_date as {{ ts }})
         and (stage.left_at is null or stage.left_at >= cast(activity_windows.feature_date as {{ ts }}))
+    left join {{ ref('int_contact_properties') }} as properties
+        on properties.contact_id = activity_windows.contact_id
+        and properties.valid_from < cast(activity_windows.feature_date as {{ ts }})
+        and (properties.valid_to is null
+            or properties.valid_to >= cast(activity_windows.feature_date as {{ ts }}))
     left join offer_windows
         on offer_windows.contact_id = activity_windows.contact_id
         and offer_windows.feature_date = activity_windows.feature_date

@@ -27,7 +27,12 @@ select
     events.decision_id,
     events.product_id,
     -- offer.* events carry the chosen action only in the payload.
-    {{ json_text('events.payload', 'action') }} as action
+    {{ json_text('events.payload', 'action') }} as action,
+    -- CRM contact properties, on contact.* events (absent from other events).
+    {{ json_text('events.payload', 'acquisition_channel') }} as acquisition_channel,
+    case lower({{ json_text('events.payload', 'loyalty_member') }})
+        when 'true' then 1 when 'false' then 0
+    end as loyalty_member
 from events
 where not exists (
     select 1 from erasures where erasures.contact_id = events.contact_id
