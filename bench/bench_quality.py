@@ -21,6 +21,11 @@ the same triggered contacts with
   Where a business rule forced the policy's action (frequency cap, churned, fallback), Vowpal
   Wabbit gets the same action, so the two learners are compared under the same rules.
 
+Besides the whole run (cold start included), two views of what was learnt: the share over the
+decisions a trained model took and over the last 7 days, and an *information ceiling*: LightGBM
+fitted to the oracle's own margins (no reward noise, no exploration) on the first half of the
+days, acting on the second half, i.e. how much of the oracle the contract features can explain.
+
 The baselines are measured in the same run; printed are the policy's share of the oracle, its
 difference to every baseline and the ratio policy / baseline where the baseline earns a positive
 margin (a ratio to a loss means nothing). Plots of the cumulative incremental margin and of
@@ -54,6 +59,7 @@ from journey_pipeline.actions import ACTION_NAMES
 from journey_pipeline.features.contract import ENTITY_KEY, MODEL_FEATURES
 from journey_pipeline.learn.regret import (
     BANDIT_RULE,
+    COLD_START,
     ORACLE,
     POLICY,
     UNIFORM,
@@ -379,6 +385,87 @@ def vw_replay(
 
 
 # ------------------------------------------------------------------------------------------
+# What the policy learnt, and what could be learnt
+# ------------------------------------------------------------------------------------------
+
+LAST_DAYS = 7
+
+
+def learned_shares(report: RegretReport) -> dict[str, Any]:
+    """The policy once it has a model: the share of the oracle over the decisions a trained
+    model took (cold start left out), and over the last ``LAST_DAYS`` application days."""
+    evaluated = report.decisions[~report.decisions["holdout"]]
+    policy = evaluated[f"incremental_{POLICY}"]
+    oracle = evaluated[f"incremental_{ORACLE}"]
+    trained = (evaluated["model_version"] != COLD_START).to_numpy()
+    last_days = sorted(evaluated["applied_date"].unique())[-LAST_DAYS:]
+    recent = evaluated["applied_date"].isin(last_days).to_numpy()
+
+    def share(mask: np.ndarray) -> float | None:
+        total = float(oracle[mask].sum())
+        return float(policy[mask].sum()) / total if total else None
+
+    return {
+        "trained_model_decisions": int(trained.sum()),
+        "trained_model_share": share(trained),
+        "last_days": len(last_days),
+        "last_days_decisions": int(recent.sum()),
+        "last_days_share": share(recent),
+        "last_days_static": {
+            name: float(evaluated.loc[recent, f"incremental_{name}"].sum())
+            / max(float(oracle[recent].sum()), 1e-9)
+            for name in report.policies
+            if name.startswith("static_") or name in (UNIFORM, VW)
+        },
+    }
+
+
+def information_ceiling(report: RegretReport, features: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """How much of the oracle's margin the contract features can explain at all: per offer, a
+    LightGBM regressor is fitted to the oracle's own incremental margins (no outcome noise, no
+    exploration) on the first half of the application days, and its best action is taken on
+    the second half. No learner that sees only these features and noisy rewards should do
+    better; the policy's share on the same second half is printed beside it."""
+    import lightgbm as lgb
+
+    evaluated = report.decisions[~report.decisions["holdout"]].reset_index(drop=True)
+    days = sorted(evaluated["applied_date"].unique())
+    if len(days) < 4:
+        return {"share": None, "reason": "fewer than 4 days"}
+    test = evaluated["applied_date"].isin(days[len(days) // 2 :]).to_numpy()
+    matrix = features.reindex(evaluated["decision_id"]).to_numpy(dtype=np.float64)
+    margins = evaluated[[f"margin_{a}" for a in ACTION_NAMES]].to_numpy(dtype=np.float64)
+    incremental = margins - margins[:, [ACTION_NAMES.index("no_offer")]]
+    params = {
+        "objective": "regression",
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": 20,
+        "seed": seed,
+        "verbose": -1,
+    }
+    predicted = np.column_stack(
+        [
+            lgb.train(params, lgb.Dataset(matrix[~test], incremental[~test, j]), 300).predict(
+                matrix[test]
+            )
+            if action != "no_offer"
+            else np.zeros(int(test.sum()))
+            for j, action in enumerate(ACTION_NAMES)
+        ]
+    )
+    chosen = incremental[test][np.arange(int(test.sum())), predicted.argmax(axis=1)]
+    oracle = incremental[test].max(axis=1).sum()
+    policy = evaluated.loc[test, f"incremental_{POLICY}"].sum()
+    return {
+        "train_decisions": int((~test).sum()),
+        "test_decisions": int(test.sum()),
+        "share": float(chosen.sum() / oracle) if oracle else None,
+        "policy_share_same_days": float(policy / oracle) if oracle else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------
 # The benchmark
 # ------------------------------------------------------------------------------------------
 
@@ -419,6 +506,26 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
         f"{'met' if report.share >= TARGET_SHARE else 'NOT met'}; regret by rule: "
         + ", ".join(f"{k} {v:,.1f}" for k, v in totals["regret_by_rule"].items())
     )
+    learned, ceiling = results["learned"], results["information_ceiling"]
+    print(
+        f"the learnt policy: {_fmt_share(learned['trained_model_share']).strip()} of the oracle "
+        f"over the {learned['trained_model_decisions']:,} decisions a trained model took; "
+        f"{_fmt_share(learned['last_days_share']).strip()} over the last {learned['last_days']} "
+        f"days ({learned['last_days_decisions']:,} decisions; there "
+        + ", ".join(
+            f"{name} {_fmt_share(value).strip()}"
+            for name, value in learned["last_days_static"].items()
+        )
+        + ")"
+    )
+    if ceiling.get("share") is not None:
+        print(
+            "information ceiling: LightGBM fitted to the oracle's own margins on the first half "
+            f"of the days ({ceiling['train_decisions']:,} decisions) reaches "
+            f"{_fmt_share(ceiling['share']).strip()} of the oracle on the second half "
+            f"({ceiling['test_decisions']:,}); the policy there: "
+            f"{_fmt_share(ceiling['policy_share_same_days']).strip()}"
+        )
     print(
         "share of the oracle by deciding model: "
         + ", ".join(
@@ -473,6 +580,8 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
     }
     sums = report.totals["incremental"]
     best_static = report.best_static
+    learned = learned_shares(report)
+    ceiling = information_ceiling(report, features, seed)
     calibration = oracle_calibration(report.decisions, outcomes)
 
     def ratio(baseline: str) -> float | None:
@@ -495,6 +604,8 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
             if name != ORACLE
         },
         "vw": vw_figures,
+        "learned": learned,
+        "information_ceiling": ceiling,
         "oracle_calibration": calibration.round(3).reset_index().to_dict(orient="records"),
         "report": report.summary(),
         "plots": plots,
@@ -582,7 +693,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["seconds"]["total"] = time.perf_counter() - started
     _print_table(report, results)
     print(
-        json.dumps({k: results[k] for k in ("share_of_oracle", "ratios", "seconds")}, default=str)
+        json.dumps(
+            {
+                k: results[k]
+                for k in ("share_of_oracle", "learned", "information_ceiling", "ratios", "seconds")
+            },
+            default=str,
+        )
     )
     return results
 
