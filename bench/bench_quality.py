@@ -31,7 +31,7 @@ difference to every baseline and the ratio policy / baseline where the baseline 
 margin (a ratio to a loss means nothing). Plots of the cumulative incremental margin and of
 the regret are saved as PNG.
 
-Usage: ``python bench/bench_quality.py [--quick] [--days N] [--contacts N] [--seed S]
+Usage: ``python bench/bench_quality.py [--quick] [--days N] [--contacts N] [--seed S] [--drift-day D]
 [--retrain-every N] [--validation-days D] [--engine plain|dagster] [--home DIR] [--out DIR]
 [--keep]``; ``--home`` evaluates the run
 already in that JOURNEY_HOME instead of running the loop.
@@ -84,6 +84,7 @@ VW_ARGS = "--cb_explore_adf --epsilon 0.05 -q sa --quiet"
 MIN_LABELLED = 1000
 RETRAIN_EVERY = 7
 VALIDATION_DAYS = 3.0
+TRAINING_DAYS = 28.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -164,7 +165,12 @@ def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str,
     try:
         result = train_reward_models(
             frame,
-            TrainingConfig(validation_days=validation_days, num_boost_round=100, seed=seed),
+            TrainingConfig(
+                validation_days=validation_days,
+                training_days=TRAINING_DAYS,
+                num_boost_round=100,
+                seed=seed,
+            ),
             champion=champion,
         )
         run = registry.log_training_run(result, settings, run_name="bench_quality retrain")
@@ -200,6 +206,7 @@ def run_loop_plain(
     seed: int,
     validation_days: float = VALIDATION_DAYS,
     retrain_every: int = RETRAIN_EVERY,
+    drift_day: int | None = None,
 ) -> dict[str, Any]:
     """The same loop without Dagster, calling the functions its assets wrap: simulate a day,
     ingest its events, one dbt build, Feast registry and online materialization, decisions
@@ -224,7 +231,9 @@ def run_loop_plain(
     for index in range(days):
         t = time.perf_counter()
         day = date.fromisoformat(
-            simulate(settings, days=1, contacts=contacts, seed=seed)["last_date"]
+            simulate(settings, days=1, contacts=contacts, seed=seed, drift_day=drift_day)[
+                "last_date"
+            ]
         )
         timed("simulate", t)
         t = time.perf_counter()
@@ -420,6 +429,37 @@ def learned_shares(report: RegretReport) -> dict[str, Any]:
     }
 
 
+def weekly_shares(report: RegretReport) -> list[dict[str, Any]]:
+    """The policy's share of the oracle per 7 application days (from the first), with the
+    deciding model versions: how the loop fares around a drift and after each retrain."""
+    evaluated = report.decisions[~report.decisions["holdout"]]
+    days = sorted(evaluated["applied_date"].unique())
+    rows = []
+    for start in range(0, len(days), 7):
+        week = days[start : start + 7]
+        mask = evaluated["applied_date"].isin(week)
+        oracle = float(evaluated.loc[mask, f"incremental_{ORACLE}"].sum())
+        rows.append(
+            {
+                "first_day": str(week[0]),
+                "last_day": str(week[-1]),
+                "decisions": int(mask.sum()),
+                "share": float(evaluated.loc[mask, f"incremental_{POLICY}"].sum()) / oracle
+                if oracle
+                else None,
+                "best_static_share": max(
+                    float(evaluated.loc[mask, f"incremental_static_{a}"].sum())
+                    for a in ACTION_NAMES
+                )
+                / oracle
+                if oracle
+                else None,
+                "models": sorted(evaluated.loc[mask, "model_version"].astype(str).unique()),
+            }
+        )
+    return rows
+
+
 def information_ceiling(report: RegretReport, features: pd.DataFrame, seed: int) -> dict[str, Any]:
     """How much of the oracle's margin the contract features can explain at all: per offer, a
     LightGBM regressor is fitted to the oracle's own incremental margins (no outcome noise, no
@@ -518,6 +558,15 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
         )
         + ")"
     )
+    print(
+        "by week: "
+        + "; ".join(
+            f"{w['first_day'][5:]}..{w['last_day'][5:]} {_fmt_share(w['share']).strip()} "
+            f"(best static {_fmt_share(w['best_static_share']).strip()}, models "
+            f"{','.join(w['models'])})"
+            for w in results["weeks"]
+        )
+    )
     if ceiling.get("share") is not None:
         print(
             "information ceiling: LightGBM fitted to the oracle's own margins on the first half "
@@ -581,6 +630,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
     sums = report.totals["incremental"]
     best_static = report.best_static
     learned = learned_shares(report)
+    weeks = weekly_shares(report)
     ceiling = information_ceiling(report, features, seed)
     calibration = oracle_calibration(report.decisions, outcomes)
 
@@ -605,6 +655,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
         },
         "vw": vw_figures,
         "learned": learned,
+        "weeks": weeks,
         "information_ceiling": ceiling,
         "oracle_calibration": calibration.round(3).reset_index().to_dict(orient="records"),
         "report": report.summary(),
@@ -636,6 +687,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="retrain every N simulated days (plain engine; the demo retrains weekly)",
     )
     parser.add_argument(
+        "--drift-day",
+        type=int,
+        default=None,
+        help="the simulated world drifts on this day (plain engine); shares are then also "
+        "reported per week around it",
+    )
+    parser.add_argument(
         "--engine",
         choices=["plain", "dagster"],
         default="plain",
@@ -663,6 +721,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.seed,
                     args.validation_days,
                     args.retrain_every,
+                    args.drift_day,
                 )
             else:
                 loop_summary = run_loop_dagster(scratch / "home", days, contacts, args.seed)
@@ -682,6 +741,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "days": days if args.home is None else report.totals["days"],
             "contacts": contacts if args.home is None else None,
             "seed": args.seed,
+            "drift_day": args.drift_day,
             "home": str(args.home or (scratch / "home" if scratch else "")),
         }
     )

@@ -55,6 +55,14 @@ class TrainingAssetConfig(dg.Config):
         default=3.0,
         description="Latest days of matured decisions held out for validation (the rest trains).",
     )
+    training_days: float | None = Field(
+        default=28.0,
+        description=(
+            "Sliding training window: only decisions of the last N days before the newest "
+            "matured one train and validate, so a retrain after a change in the customers "
+            "learns the new regime instead of averaging it with the old; null keeps all."
+        ),
+    )
     num_boost_round: int = Field(default=100, description="LightGBM boosting rounds.")
     seed: int = 0
 
@@ -95,6 +103,7 @@ def reward_model(
         frame,
         TrainingConfig(
             validation_days=config.validation_days,
+            training_days=config.training_days,
             num_boost_round=config.num_boost_round,
             seed=config.seed,
         ),

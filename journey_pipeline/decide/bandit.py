@@ -39,7 +39,13 @@ each learn the large baseline from a third of the data, and their errors (not th
 the action) decide the argmax: such a policy behaves close to uniform random. Learning the
 baseline once on all rows, and per action only a strongly regularised deviation from it,
 makes the comparison between actions depend on the deviations alone (the baseline cancels in
-the argmax) and shrinks them towards "no difference" until the data shows one. With
+the argmax) and shrinks them towards "no difference" until the data shows one. The deviations
+are learnt from out-of-fold baseline predictions (two folds): a baseline predicting its own
+training rows has fitted part of their noise, and of their actions' effects wherever the
+logging policy chose actions by the features, and would hide exactly what the deviations must
+find. A deviation needs 300 rows in a leaf (``DEFAULT_RESIDUAL_PARAMS``), or a tenth of its
+action's rows when that is fewer: margins are noisy enough that smaller leaves mostly split on
+noise in the spending features. With
 ``shared_baseline=False`` the bandit fits independent per-action regressors instead.
 
 Cold start: until ``min_observations`` rewards have been seen, actions are uniform at random
@@ -94,11 +100,11 @@ DEFAULT_LGBM_PARAMS: dict[str, Any] = {
 # actions.
 DEFAULT_RESIDUAL_PARAMS: dict[str, Any] = {
     **DEFAULT_LGBM_PARAMS,
-    "learning_rate": 0.1,
+    "learning_rate": 0.05,
     "num_leaves": 7,
     "max_depth": 3,
-    "min_data_in_leaf": 50,
-    "lambda_l2": 3.0,
+    "min_data_in_leaf": 300,
+    "lambda_l2": 10.0,
 }
 # The pooled baseline sees every row: a little more capacity.
 DEFAULT_BASELINE_PARAMS: dict[str, Any] = {
@@ -231,7 +237,7 @@ class ContextualBandit:
     - ``min_observations`` (500): rewards needed before the models are trained (cold start).
     - ``shared_baseline`` (True): a pooled baseline regressor plus per-action residual
       boosters (see the module docstring); False fits independent per-action regressors.
-    - ``num_boost_round`` (50) and ``lgbm_params``: LightGBM settings of the per-action models
+    - ``num_boost_round`` (100) and ``lgbm_params``: LightGBM settings of the per-action models
       (merged over ``DEFAULT_RESIDUAL_PARAMS``, or ``DEFAULT_LGBM_PARAMS`` without the shared
       baseline); ``baseline_boost_round`` (50) and ``baseline_params`` for the baseline.
     - ``min_rows_per_model`` (30): below this many rows an action's member predicts the mean of
@@ -258,7 +264,7 @@ class ContextualBandit:
         n_members: int = 8,
         epsilon: float = 0.05,
         min_observations: int = 500,
-        num_boost_round: int = 50,
+        num_boost_round: int = 100,
         lgbm_params: dict[str, Any] | None = None,
         shared_baseline: bool = True,
         baseline_boost_round: int = 50,
@@ -434,7 +440,7 @@ class ContextualBandit:
                     features, label=reward, weight=weight_base, feature_name=feature_name
                 )
                 baseline = lgb.train(params, dataset, num_boost_round=self.baseline_boost_round)
-                start = baseline.predict(features, num_threads=self.num_threads)
+                start = self._cross_fitted_baseline(features, reward, weight_base, params, rng)
         rows_by_action = [np.flatnonzero(action_idx == a) for a in range(len(self.actions))]
         models: list[list[lgb.Booster | float]] = []
         intercepts = np.zeros((self.n_members, len(self.actions)), dtype=np.float64)
@@ -457,6 +463,7 @@ class ContextualBandit:
                 sel = rows[chosen]
                 params = {
                     **self.lgbm_params,
+                    "min_data_in_leaf": self._min_leaf(len(sel)),
                     "seed": int(rng.integers(0, 2**31 - 1)),
                     "num_threads": self.num_threads,
                 }
@@ -467,7 +474,7 @@ class ContextualBandit:
                     # if min_data_in_leaf more rows had deviated by nothing. Trees only split
                     # the rows by features, so an effect the action has on every contact
                     # alike would otherwise never be learned (no split has any gain).
-                    shrink = float(self.lgbm_params.get("min_data_in_leaf", 20))
+                    shrink = float(self._min_leaf(len(sel)))
                     residual = reward[sel] - start[sel]
                     intercepts[k, a] = float(weight @ residual) / (float(weight.sum()) + shrink)
                     init_score = start[sel] + intercepts[k, a]
@@ -488,6 +495,36 @@ class ContextualBandit:
         self._intercepts = intercepts
         self._stacked = None
         self._n_fits += 1
+
+    def _min_leaf(self, rows: int) -> int:
+        """Rows a leaf of an action's model needs: the configured ``min_data_in_leaf``, but at
+        most a tenth of the rows it learns from (at least 20), so a short history still
+        learns its largest effects while a long one cannot split on noise."""
+        configured = int(self.lgbm_params.get("min_data_in_leaf", 20))
+        return max(1, min(configured, max(20, rows // 10)))
+
+    def _cross_fitted_baseline(
+        self,
+        features: np.ndarray,
+        reward: np.ndarray,
+        weight: np.ndarray,
+        params: dict[str, Any],
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Out-of-fold baseline predictions for the training rows (two folds): the residuals
+        the per-action models learn from are then not shrunk by a baseline that has already
+        fitted these rows' noise (and their actions' effects) in sample."""
+        fold = rng.permutation(len(reward)) % 2
+        start = np.empty_like(reward)
+        for k in (0, 1):
+            fit, held = fold != k, fold == k
+            model = lgb.train(
+                params,
+                lgb.Dataset(features[fit], label=reward[fit], weight=weight[fit]),
+                num_boost_round=self.baseline_boost_round,
+            )
+            start[held] = model.predict(features[held], num_threads=self.num_threads)
+        return start
 
     # ---------------------------------------------------------------- scoring
     def _baseline_prediction(self, features: np.ndarray) -> np.ndarray | float:

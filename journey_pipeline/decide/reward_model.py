@@ -160,6 +160,9 @@ class TrainingConfig:
     actions: tuple[str, ...] = tuple(ACTION_NAMES)
     features: tuple[str, ...] = tuple(MODEL_FEATURES)
     validation_days: float = 7.0
+    # Sliding window: only decisions taken in the last ``training_days`` days before the newest
+    # one train and validate (customers and the effect of offers change); None keeps them all.
+    training_days: float | None = None
     num_boost_round: int = 100
     seed: int = 0
     bandit_options: dict[str, Any] = field(default_factory=lambda: {"min_observations": 200})
@@ -171,6 +174,7 @@ class TrainingConfig:
             "actions": ",".join(self.actions),
             "n_features": len(self.features),
             "validation_days": self.validation_days,
+            "training_days": self.training_days if self.training_days is not None else "all",
             "num_boost_round": self.num_boost_round,
             "seed": self.seed,
             "min_validation_rows": self.min_validation_rows,
@@ -393,6 +397,10 @@ def train_reward_models(
     )
     frame = frame[frame["action"].isin(config.actions) & np.isfinite(frame["reward"])]
     frame = frame.sort_values("decided_at", kind="stable", ignore_index=True)
+    if config.training_days is not None and len(frame):
+        decided = pd.to_datetime(frame["decided_at"], utc=True)
+        since = decided.max() - pd.Timedelta(days=config.training_days)
+        frame = frame[(decided >= since).to_numpy()].reset_index(drop=True)
     validation_days = config.validation_days
     train, valid = time_split(frame, validation_days)
     if len(train) < config.min_validation_rows:

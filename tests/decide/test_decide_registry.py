@@ -67,6 +67,21 @@ def test_training_metrics_and_time_split(results):
         train_reward_models(synthetic_training_frame(60, seed=1), TrainingConfig())
 
 
+def test_training_days_keeps_only_the_latest_decisions():
+    frame = synthetic_training_frame(3_000, seed=5)
+    decided = pd.to_datetime(frame["decided_at"])
+    span_days = (decided.max() - decided.min()) / pd.Timedelta(days=1)
+    assert span_days > 20
+    result = train_reward_models(
+        frame, TrainingConfig(validation_days=3.0, training_days=14.0, num_boost_round=20)
+    )
+    window = result.data_window
+    kept = decided >= decided.max() - pd.Timedelta(days=14)
+    assert window["n_train"] + window["n_valid"] == int(kept.sum())
+    assert pd.Timestamp(window["train_start"]) >= decided.max() - pd.Timedelta(days=14)
+    assert result.params()["training_days"] == 14.0
+
+
 def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_half():
     frame = synthetic_training_frame(1_500, seed=3)
     start = pd.Timestamp("2026-01-01")
