@@ -4,11 +4,13 @@ Exploration scheme, and why
 ---------------------------
 Thompson sampling over a bootstrap ensemble, mixed with epsilon-uniform exploration:
 
-* A pooled *baseline* LightGBM regressor predicts the margin from the features alone, on every
-  logged row whatever its action. Each of ``n_members`` ensemble members then holds one
-  LightGBM *residual* booster per action, trained on its own Poisson bootstrap of that
-  action's rows, starting from the baseline's prediction (LightGBM ``init_score``). The
-  expected margin of action ``a`` is ``baseline(x) + residual_a(x)``.
+* The reward model is *two-part* (``reward_model="two_part"``, the default): each of
+  ``n_members`` ensemble members holds one LightGBM conversion classifier per action, trained
+  on its own Poisson bootstrap of that action's rows, and one pooled regressor gives the
+  margin a conversion brings. The expected margin of action ``a`` is
+  ``floor_a + P(conversion | a, x) * value(x) * scale_a`` (see *Why two parts* below).
+  ``reward_model="regression"`` regresses the margins instead: a pooled *baseline* regressor
+  plus one *residual* booster per member and action.
 * The spread between members is the model's uncertainty: where data is thin the members
   disagree and the policy explores, where it is plentiful they agree and the policy exploits.
 * For a contact, one member is drawn uniformly and its best action is taken; with probability
@@ -30,8 +32,23 @@ probabilities sum to one over the actions. Softmax over a point estimate would n
 temperature nobody can set well for margins in currency units; plain epsilon-greedy explores
 where the model is already sure. The bootstrap ensemble explores where it is unsure.
 
-Why a pooled baseline and per-action residuals
-----------------------------------------------
+Why two parts
+-------------
+A 7-day margin is the action's cost for most contacts (they buy nothing) and an order of tens
+of dollars for a few; offers work by changing how many buy. Regressing such margins, the
+variance of the order amounts drowns the differences between actions (a few dollars a
+decision), and the trees split on the spending features that explain the amounts. A
+classifier of "bought anything" per action sees a bounded label, and what a conversion is worth
+hardly depends on the offer, so one regressor learns it from every action's conversions; a
+per-action scale (the action's own ratio of realised to predicted value) carries what an offer
+changes in the amount, such as its discount. A conversion is a reward above the action's
+floor: the minimum reward, when at least ``FLOOR_SHARE`` of the action's rewards sit on it.
+When an action's rewards have no floor (a continuous reward) the bandit falls back to the
+regression model. Classifier leaves need 300 rows (or a tenth of the action's rows), as below.
+``bench/bench_quality.py`` compares the policy with the oracle.
+
+Regression: why a pooled baseline and per-action residuals
+----------------------------------------------------------
 Margins are dominated by what the contact would spend anyway (purchase propensity, order
 value), and the differences between actions are a small part of them; a 7-day margin is
 mostly 0 with an occasional order, so it is very noisy. Independent per-action regressors
@@ -116,6 +133,29 @@ DEFAULT_BASELINE_PARAMS: dict[str, Any] = {
     "lambda_l2": 10.0,
 }
 
+# The two-part reward model: per-action conversion classifiers (on the members' bootstraps)
+# and one pooled regressor of the margin above the action's floor given a conversion.
+DEFAULT_CONVERSION_PARAMS: dict[str, Any] = {
+    **DEFAULT_LGBM_PARAMS,
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 3,
+    "max_depth": 2,
+    "min_data_in_leaf": 300,
+    "lambda_l2": 10.0,
+}
+DEFAULT_VALUE_PARAMS: dict[str, Any] = {
+    **DEFAULT_LGBM_PARAMS,
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 100,
+    "lambda_l2": 10.0,
+}
+REWARD_MODELS = ("two_part", "regression")
+# An action's rewards have a floor when at least this share of them equal their minimum
+# (the margin of a contact who bought nothing: minus the action's cost).
+FLOOR_SHARE = 0.2
+
 # Up to this many rows, the ensemble is predicted by its stacked model (one LightGBM call).
 STACKED_MAX_ROWS = 256
 
@@ -147,6 +187,9 @@ def _finite_or_nan(values: np.ndarray) -> np.ndarray:
 _IDENTITY_OBJECTIVES = frozenset(
     {"regression", "regression_l1", "huber", "fair", "quantile", "mape", "custom", "none"}
 )
+# Boosters whose raw score (before the link) is what the ensemble reads: stacked and one by one
+# alike are predicted with raw_score=True, so the link does not matter for stacking.
+_STACKABLE_OBJECTIVES = _IDENTITY_OBJECTIVES | {"binary"}
 _TREE_HEADER = re.compile(r"^Tree=\d+\n", flags=re.MULTILINE)
 
 
@@ -188,7 +231,7 @@ def _stack_models(models: Sequence[lgb.Booster | float], n_features: int) -> lgb
             or fields.get("num_class") != "1"
             or fields.get("max_feature_idx") != str(n_features - 1)
             or not objective
-            or objective[0] not in _IDENTITY_OBJECTIVES
+            or objective[0] not in _STACKABLE_OBJECTIVES
             or "sqrt" in objective
             or "is_linear=1" in text[start:end]
         ):
@@ -235,8 +278,13 @@ class ContextualBandit:
       ``(1 - epsilon) / n_members`` plus the floor.
     - ``epsilon`` (0.05): share of uniform exploration, the propensity floor times ``|A|``.
     - ``min_observations`` (500): rewards needed before the models are trained (cold start).
-    - ``shared_baseline`` (True): a pooled baseline regressor plus per-action residual
-      boosters (see the module docstring); False fits independent per-action regressors.
+    - ``reward_model`` ("two_part"): per-action conversion classifiers times a pooled value
+      regressor; "regression" regresses the margins (see the module docstring).
+      ``conversion_params`` and ``value_params`` are merged over
+      ``DEFAULT_CONVERSION_PARAMS`` and ``DEFAULT_VALUE_PARAMS``.
+    - ``exploration_scale`` (0.5): how much of the bootstrap spread the Thompson draw keeps.
+    - ``shared_baseline`` (True, regression only): a pooled baseline regressor plus per-action
+      residual boosters; False fits independent per-action regressors.
     - ``num_boost_round`` (100) and ``lgbm_params``: LightGBM settings of the per-action models
       (merged over ``DEFAULT_RESIDUAL_PARAMS``, or ``DEFAULT_LGBM_PARAMS`` without the shared
       baseline); ``baseline_boost_round`` (50) and ``baseline_params`` for the baseline.
@@ -277,6 +325,9 @@ class ContextualBandit:
         num_threads: int = 1,
         explain_members: int = 1,
         exploration_scale: float = 0.5,
+        reward_model: str = "two_part",
+        conversion_params: dict[str, Any] | None = None,
+        value_params: dict[str, Any] | None = None,
     ) -> None:
         actions = list(actions)
         if len(actions) < 1 or len(set(actions)) != len(actions):
@@ -292,6 +343,11 @@ class ContextualBandit:
         if not 0.0 <= exploration_scale <= 1.0:
             raise ValueError(f"exploration_scale must be in [0, 1], got {exploration_scale}")
         self.exploration_scale = float(exploration_scale)
+        if reward_model not in REWARD_MODELS:
+            raise ValueError(f"reward_model must be one of {REWARD_MODELS}, got {reward_model!r}")
+        self.reward_model = reward_model
+        self.conversion_params = {**DEFAULT_CONVERSION_PARAMS, **(conversion_params or {})}
+        self.value_params = {**DEFAULT_VALUE_PARAMS, **(value_params or {})}
         self.min_observations = int(min_observations)
         self.num_boost_round = int(num_boost_round)
         self.shared_baseline = bool(shared_baseline)
@@ -323,6 +379,11 @@ class ContextualBandit:
         # members x actions: each residual booster's own intercept (shared_baseline), added to
         # its trees' output; 0 for constants and without a shared baseline.
         self._intercepts: np.ndarray | None = None
+        # Two-part model (None when the margins are regressed): each action's floor, the pooled
+        # value regressor (a Booster or a constant) and each action's value scale.
+        self._floors: np.ndarray | None = None
+        self._value: lgb.Booster | float | None = None
+        self._value_scales: np.ndarray | None = None
         self._decide_rng = np.random.default_rng([self.seed, 0])
         self._draw_hash_key = hashlib.sha256(f"bandit-draw:{self.seed}".encode()).hexdigest()[:16]
         # The residual models stacked into one LightGBM model (:func:`_stack_models`), built
@@ -342,6 +403,12 @@ class ContextualBandit:
         state.setdefault("baseline_params", dict(DEFAULT_BASELINE_PARAMS))
         state.setdefault("_intercepts", None)
         state.setdefault("exploration_scale", 1.0)
+        state.setdefault("reward_model", "regression")
+        state.setdefault("conversion_params", dict(DEFAULT_CONVERSION_PARAMS))
+        state.setdefault("value_params", dict(DEFAULT_VALUE_PARAMS))
+        state.setdefault("_floors", None)
+        state.setdefault("_value", None)
+        state.setdefault("_value_scales", None)
         self.__dict__.update(state)
         self._stacked = None
 
@@ -420,6 +487,13 @@ class ContextualBandit:
         weight_base = np.ones_like(reward)
         if self.inverse_propensity_weights:
             weight_base = np.minimum(1.0 / self._history_propensity, self.max_weight)
+        floors = (
+            self._reward_floors(reward, action_idx) if self.reward_model == "two_part" else None
+        )
+        if floors is not None:
+            self._fit_two_part(features, action_idx, reward, weight_base, floors, rng)
+            return
+        self._floors = self._value = self._value_scales = None
         prior = float(reward.mean()) if len(reward) else 0.0
         feature_name = [f"f{i}" for i in range(features.shape[1])]
         # Residual boosters start from the baseline's prediction; without a shared baseline
@@ -495,6 +569,113 @@ class ContextualBandit:
         self._intercepts = intercepts
         self._stacked = None
         self._n_fits += 1
+
+    def _reward_floors(self, reward: np.ndarray, action_idx: np.ndarray) -> np.ndarray | None:
+        """Each action's floor (its minimum reward) when at least ``FLOOR_SHARE`` of its rewards
+        sit on it, as a margin does when most contacts buy nothing; None when an action's
+        rewards have no such floor (or it has none), and the margins are then regressed."""
+        floors = np.empty(len(self.actions), dtype=np.float64)
+        for a in range(len(self.actions)):
+            rewards = reward[action_idx == a]
+            if len(rewards) == 0:
+                return None
+            floors[a] = rewards.min()
+            if np.mean(rewards <= floors[a] + 1e-9) < FLOOR_SHARE:
+                return None
+        return floors
+
+    def _fit_two_part(
+        self,
+        features: np.ndarray,
+        action_idx: np.ndarray,
+        reward: np.ndarray,
+        weight_base: np.ndarray,
+        floors: np.ndarray,
+        rng: np.random.Generator,
+    ) -> None:
+        """The two-part model: expected margin of action ``a`` for ``x`` is
+        ``floor_a + P(conversion | a, x) * value(x) * scale_a``. A conversion is a reward above
+        the action's floor; the per-(member, action) classifiers learn its probability on
+        their own Poisson bootstraps (their spread is the exploration); ``value`` is one
+        regressor of the margin above the floor given a conversion, pooled over the actions
+        (what a contact spends hardly depends on the offer), and ``scale_a`` the action's own
+        ratio of that margin to the pooled prediction (a discount lowers it)."""
+        excess = reward - floors[action_idx]
+        converted = excess > 1e-9
+        feature_name = [f"f{i}" for i in range(features.shape[1])]
+        value: lgb.Booster | float
+        if features.shape[1] and converted.sum() >= 2 * self.value_params["min_data_in_leaf"]:
+            params = {
+                **self.value_params,
+                "seed": int(rng.integers(0, 2**31 - 1)),
+                "num_threads": self.num_threads,
+            }
+            dataset = lgb.Dataset(
+                features[converted],
+                label=excess[converted],
+                weight=weight_base[converted],
+                feature_name=feature_name,
+            )
+            value = lgb.train(params, dataset, num_boost_round=self.baseline_boost_round)
+            predicted = value.predict(features, num_threads=self.num_threads)
+        else:
+            value = float(excess[converted].mean()) if converted.any() else 0.0
+            predicted = np.full(len(reward), value)
+        scales = np.ones(len(self.actions), dtype=np.float64)
+        for a in range(len(self.actions)):
+            rows = converted & (action_idx == a)
+            if rows.sum() >= self.min_rows_per_model and predicted[rows].sum() > 0:
+                scales[a] = float(excess[rows].sum() / predicted[rows].sum())
+        models: list[list[lgb.Booster | float]] = []
+        for _ in range(self.n_members):
+            member_models: list[lgb.Booster | float] = []
+            for a in range(len(self.actions)):
+                rows = np.flatnonzero(action_idx == a)
+                counts = rng.poisson(1.0, size=len(rows)).astype(np.float64)
+                chosen = counts > 0
+                sel = rows[chosen]
+                label = converted[sel].astype(np.float64)
+                weight = counts[chosen] * weight_base[sel]
+                if (
+                    len(sel) < self.min_rows_per_model
+                    or not features.shape[1]
+                    or label.min() == label.max()
+                ):
+                    # Too little (or one-sided) data for trees: the bootstrap's conversion
+                    # rate, as log-odds (the classifiers' raw score), floored away from 0 and 1.
+                    rate = float(weight @ label / weight.sum()) if len(sel) else 0.5
+                    rate = min(max(rate, 1e-4), 1.0 - 1e-4)
+                    member_models.append(float(np.log(rate / (1.0 - rate))))
+                    continue
+                params = {
+                    **self.conversion_params,
+                    "min_data_in_leaf": self._min_leaf(len(sel)),
+                    "seed": int(rng.integers(0, 2**31 - 1)),
+                    "num_threads": self.num_threads,
+                }
+                dataset = lgb.Dataset(
+                    features[sel],
+                    label=label,
+                    weight=weight,
+                    feature_name=feature_name,
+                    free_raw_data=True,
+                )
+                member_models.append(
+                    lgb.train(params, dataset, num_boost_round=self.num_boost_round)
+                )
+            models.append(member_models)
+        self._baseline = None
+        self._intercepts = None
+        self._floors, self._value, self._value_scales = floors, value, scales
+        self._models = models
+        self._stacked = None
+        self._n_fits += 1
+
+    def _value_prediction(self, features: np.ndarray) -> np.ndarray:
+        """The two-part model's pooled value (margin above the floor given a conversion)."""
+        if isinstance(self._value, lgb.Booster):
+            return self._value.predict(features, num_threads=self.num_threads)
+        return np.full(len(features), 0.0 if self._value is None else float(self._value))
 
     def _min_leaf(self, rows: int) -> int:
         """Rows a leaf of an action's model needs: the configured ``min_data_in_leaf``, but at
@@ -581,7 +762,9 @@ class ContextualBandit:
         for k, member_models in enumerate(self._models):
             for a, model in enumerate(member_models):
                 if isinstance(model, lgb.Booster):
-                    out[k, a] = model.predict(features, num_threads=self.num_threads)
+                    out[k, a] = model.predict(
+                        features, raw_score=True, num_threads=self.num_threads
+                    )
                 else:
                     out[k, a] = model
         return out
@@ -605,6 +788,15 @@ class ContextualBandit:
         else:
             raw = stacked.predict(features, raw_score=True, num_threads=self.num_threads)
             out = np.reshape(raw, (n, -1)).T.reshape(self.n_members, len(self.actions), n)
+        if self._floors is not None:
+            # Two-part: raw scores are conversion log-odds.
+            assert self._value_scales is not None
+            value = self._value_prediction(features)[None, None, :]
+            probability = 1.0 / (1.0 + np.exp(-out))
+            out = (
+                self._floors[None, :, None]
+                + probability * value * self._value_scales[None, :, None]
+            )
         if self._intercepts is not None:
             out += self._intercepts[:, :, None]
         if with_baseline:
@@ -790,6 +982,8 @@ class ContextualBandit:
         and one per (explained member, action present)."""
         assert self._models is not None
         n_features = len(self.feature_names or [])
+        if self._floors is not None:
+            return self._two_part_contributions(features, action_idx, n_features)
         out = np.zeros((len(features), n_features), dtype=np.float64)
         if isinstance(self._baseline, lgb.Booster):
             # The baseline is part of every action's expected margin, once per member.
@@ -807,6 +1001,41 @@ class ContextualBandit:
                         features[rows], pred_contrib=True, num_threads=self.num_threads
                     )
                     out[rows] += contrib[:, :n_features]  # last column is the expected value
+        out /= self.explain_members
+        return out
+
+    def _two_part_contributions(
+        self, features: np.ndarray, action_idx: np.ndarray, n_features: int
+    ) -> np.ndarray:
+        """Contributions to the two-part margin ``floor + p * value * scale``, to first order:
+        a feature's share of the conversion log-odds times ``dp/dlogit * value * scale``, plus
+        its share of the value times ``p * scale``; averaged over ``explain_members``."""
+        assert self._models is not None and self._value_scales is not None
+        out = np.zeros((len(features), n_features), dtype=np.float64)
+        value = self._value_prediction(features)
+        value_contrib = None
+        if isinstance(self._value, lgb.Booster):
+            value_contrib = self._value.predict(
+                features, pred_contrib=True, num_threads=self.num_threads
+            )[:, :n_features]
+        for a in np.unique(action_idx):
+            rows = np.flatnonzero(action_idx == a)
+            scale = self._value_scales[a]
+            for member_models in self._models[: self.explain_members]:
+                model = member_models[a]
+                if isinstance(model, lgb.Booster):
+                    contrib = model.predict(
+                        features[rows], pred_contrib=True, num_threads=self.num_threads
+                    )
+                    logit = contrib.sum(axis=1)
+                    contrib = contrib[:, :n_features]
+                else:
+                    logit = np.full(len(rows), float(model))
+                    contrib = np.zeros((len(rows), n_features))
+                p = 1.0 / (1.0 + np.exp(-logit))
+                out[rows] += contrib * (p * (1.0 - p) * value[rows] * scale)[:, None]
+                if value_contrib is not None:
+                    out[rows] += value_contrib[rows] * (p * scale)[:, None]
         out /= self.explain_members
         return out
 
@@ -843,10 +1072,11 @@ class ContextualBandit:
         table = pd.DataFrame(0.0, index=names, columns=self.actions)
         if self._models is None:
             return table
-        if isinstance(self._baseline, lgb.Booster):
-            gain = self._baseline.feature_importance(importance_type="gain")
-            for a in range(len(self.actions)):
-                table.iloc[:, a] += gain
+        for pooled in (self._baseline, self._value):
+            if isinstance(pooled, lgb.Booster):
+                gain = pooled.feature_importance(importance_type="gain")
+                for a in range(len(self.actions)):
+                    table.iloc[:, a] += gain
         for member_models in self._models:
             for a, model in enumerate(member_models):
                 if isinstance(model, lgb.Booster):

@@ -199,8 +199,14 @@ class TrainingResult:
     input_example: pd.DataFrame
 
     def params(self) -> dict[str, Any]:
-        """Parameters to track: the config plus the data window."""
-        return {**self.config.as_params(), **{f"data_{k}": v for k, v in self.data_window.items()}}
+        """Parameters to track: the config, the bandit's reward model (two-part, or the
+        regression it falls back to when rewards have no floor) and the data window."""
+        reward_model = "two_part" if self.bandit._floors is not None else "regression"
+        return {
+            **self.config.as_params(),
+            "bandit_reward_model": reward_model,
+            **{f"data_{k}": v for k, v in self.data_window.items()},
+        }
 
     def feature_importance(self) -> pd.DataFrame:
         """Total split gain per feature for the conversion and margin models (sorted)."""

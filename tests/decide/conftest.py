@@ -37,3 +37,20 @@ def trained_bandit(training_frame) -> ContextualBandit:
     )
     assert not bandit.is_cold
     return bandit
+
+
+@pytest.fixture(scope="session")
+def regression_bandit(training_frame) -> ContextualBandit:
+    """The same data with the margins regressed (pooled baseline and per-action corrections)
+    instead of the two-part model (read-only in tests: copy to mutate)."""
+    bandit = ContextualBandit(
+        ACTION_NAMES, seed=0, feature_names=MODEL_FEATURES, reward_model="regression"
+    )
+    bandit.update(
+        training_frame[MODEL_FEATURES],
+        training_frame["action"],
+        training_frame["propensity"],
+        training_frame["reward"],
+    )
+    assert bandit._floors is None and bandit._intercepts is not None
+    return bandit

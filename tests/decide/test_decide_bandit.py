@@ -232,7 +232,12 @@ def test_expected_rewards_and_explanations(trained_bandit):
 
 def test_explanation_is_exact_attribution_with_all_members(training_frame):
     bandit = ContextualBandit(
-        ACTION_NAMES, seed=1, feature_names=MODEL_FEATURES, n_members=3, explain_members=3
+        ACTION_NAMES,
+        seed=1,
+        feature_names=MODEL_FEATURES,
+        n_members=3,
+        explain_members=3,
+        reward_model="regression",
     )
     bandit.update(
         training_frame[MODEL_FEATURES],
@@ -305,8 +310,22 @@ def test_pooled_baseline_finds_small_effects_under_a_large_noisy_baseline():
     assert pooled > 1.5 * independent
 
 
-def test_explanations_add_up_to_the_expected_margin_with_a_pooled_baseline(trained_bandit):
+def test_two_part_explanations_follow_the_expected_margin(trained_bandit):
+    """The two-part margin is not additive in the features; its contributions are a first-order
+    attribution, so between contacts they move with the expected margin."""
+    assert trained_bandit._floors is not None  # the synthetic rewards have a floor per action
     bandit = copy.deepcopy(trained_bandit)
+    bandit.explain_members = bandit.n_members
+    contexts = synthetic_contexts(300, seed=11)[MODEL_FEATURES]
+    for action in ACTION_NAMES:
+        contributions = bandit.feature_contributions(contexts, [action] * len(contexts))
+        expected = bandit.expected_rewards(contexts)[action]
+        assert np.corrcoef(contributions.sum(axis=1), expected)[0, 1] > 0.8
+    assert (trained_bandit.feature_importance().sum() > 0).all()
+
+
+def test_explanations_add_up_to_the_expected_margin_with_a_pooled_baseline(regression_bandit):
+    bandit = copy.deepcopy(regression_bandit)
     bandit.explain_members = bandit.n_members  # the exact attribution of the ensemble mean
     contexts = synthetic_contexts(300, seed=11)[MODEL_FEATURES]
     for action in ACTION_NAMES:
@@ -315,7 +334,7 @@ def test_explanations_add_up_to_the_expected_margin_with_a_pooled_baseline(train
         # SHAP values are additive: margin = constant (the models' expected values) + sum.
         remainder = expected - contributions.sum(axis=1)
         assert np.allclose(remainder, remainder.iloc[0], atol=1e-6)
-    assert (trained_bandit.feature_importance().sum() > 0).all()
+    assert (regression_bandit.feature_importance().sum() > 0).all()
 
 
 def test_bandits_pickled_before_the_pooled_baseline_still_decide(training_frame):

@@ -43,8 +43,14 @@ def _noisy_contexts(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(values, index=contexts.index, columns=contexts.columns)
 
 
-def _bandits(trained_bandit: ContextualBandit, training_frame: pd.DataFrame):
+def _bandits(
+    trained_bandit: ContextualBandit,
+    training_frame: pd.DataFrame,
+    regression_bandit: ContextualBandit | None = None,
+):
     yield trained_bandit
+    if regression_bandit is not None:
+        yield regression_bandit
     # Some members constant (too few rows for trees), and all members explained.
     mixed = copy.deepcopy(trained_bandit)
     mixed._models[1][2] = 0.25
@@ -60,15 +66,22 @@ def _bandits(trained_bandit: ContextualBandit, training_frame: pd.DataFrame):
     )
 
 
-def test_stacked_ensemble_predicts_exactly_what_its_models_predict(trained_bandit, training_frame):
+def test_stacked_ensemble_predicts_exactly_what_its_models_predict(
+    trained_bandit, training_frame, regression_bandit
+):
     features = trained_bandit._matrix(_noisy_contexts(STACKED_MAX_ROWS, seed=1))
-    for bandit in _bandits(trained_bandit, training_frame):
-        assert bandit._stacked_models() is not None
+    for bandit in _bandits(trained_bandit, training_frame, regression_bandit):
+        model = bandit._stacked_models()
+        assert model is not None
+        raw = model.predict(features, raw_score=True)
+        raw = np.reshape(raw, (len(features), -1)).T.reshape(bandit._one_by_one(features).shape)
+        assert np.array_equal(raw, bandit._one_by_one(features))
         stacked = bandit._member_predictions(features, with_baseline=False)
-        expected = bandit._one_by_one(features)
-        if bandit._intercepts is not None:  # each residual model's own intercept
-            expected += bandit._intercepts[:, :, None]
-        assert np.array_equal(stacked, expected)
+        one_by_one = copy.deepcopy(bandit)
+        one_by_one._stacked = False  # predict model by model
+        assert np.array_equal(
+            one_by_one._member_predictions(features, with_baseline=False), stacked
+        )
         # Not pickled: rebuilt after loading, with the same numbers.
         loaded = pickle.loads(pickle.dumps(bandit))
         assert loaded._stacked is None
