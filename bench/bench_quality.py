@@ -576,6 +576,11 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
             f"{_fmt_share(ceiling['policy_share_same_days']).strip()}"
         )
     print(
+        "on the decisions no business rule forced (the oracle is not bound by the frequency "
+        "cap or eligibility, the policy is): "
+        f"{_fmt_share(report.totals['bandit_share']).strip()} of the oracle"
+    )
+    print(
         "share of the oracle by deciding model: "
         + ", ".join(
             f"{version} {_fmt_share(row['share']).strip()} ({row['decisions']:,} decisions)"
@@ -655,6 +660,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
         },
         "vw": vw_figures,
         "learned": learned,
+        "unforced_share": report.totals["bandit_share"],
         "weeks": weeks,
         "information_ceiling": ceiling,
         "oracle_calibration": calibration.round(3).reset_index().to_dict(orient="records"),
@@ -756,7 +762,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         json.dumps(
             {
                 k: results[k]
-                for k in ("share_of_oracle", "learned", "information_ceiling", "ratios", "seconds")
+                for k in (
+                    "share_of_oracle",
+                    "unforced_share",
+                    "learned",
+                    "information_ceiling",
+                    "ratios",
+                    "seconds",
+                )
             },
             default=str,
         )
