@@ -46,13 +46,13 @@ def _warning_to(file, message, category, filename, lineno, _file=None, line=None
     file.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def _progress() -> Progress:
+def _progress(target: Console | None = None) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=target or console,
         transient=False,
     )
 
@@ -136,6 +136,7 @@ def demo(
     """
     import contextlib
     import functools
+    import logging
     import os
     import warnings
 
@@ -156,7 +157,17 @@ def demo(
                 warnings.showwarning = functools.partial(_warning_to, log_file)
                 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
                 console.print(f"run logs: {log_path} (or --verbose)")
-            progress = stack.enter_context(_progress())
+                # Whatever else writes to stderr during the runs (a refused promotion's failed
+                # step, MLflow's registry messages) goes to the log too; the bars keep the
+                # terminal's stderr.
+                bars = Console(file=sys.stderr)
+                stack.enter_context(contextlib.redirect_stderr(log_file))
+                mlflow_logger = logging.getLogger("mlflow")
+                stack.callback(mlflow_logger.setLevel, mlflow_logger.level)
+                mlflow_logger.setLevel(logging.WARNING)
+            else:
+                bars = console
+            progress = stack.enter_context(_progress(bars))
             summary = run_demo(
                 settings,
                 days=days,
