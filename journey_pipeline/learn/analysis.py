@@ -262,13 +262,13 @@ def daily_model_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:
     the model's expected reward as a score of conversion, and revenue per user.
 
     Days where the AUC is undefined (one class only, or no model scores) have NaN. Columns:
-    date, auc, rpu, decisions.
+    date, auc, revenue_per_user, decisions (the columns :func:`guardrails.degraded_days` reads).
     """
     from journey_pipeline.decide.reward_model import roc_auc
 
     live = outcomes[outcomes["matured"] & ~outcomes["holdout"]].copy()
     if live.empty:
-        return pd.DataFrame(columns=["date", "auc", "rpu", "decisions"])
+        return pd.DataFrame(columns=["date", "auc", "revenue_per_user", "decisions"])
     live["date"] = pd.to_datetime(live["decision_date"])
     rows = []
     for day, group in live.groupby("date"):
@@ -281,7 +281,12 @@ def daily_model_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:
         )
         per_user = group.groupby("contact_id")["revenue"].sum()
         rows.append(
-            {"date": day, "auc": auc, "rpu": float(per_user.mean()), "decisions": len(group)}
+            {
+                "date": day,
+                "auc": auc,
+                "revenue_per_user": float(per_user.mean()),
+                "decisions": len(group),
+            }
         )
     return pd.DataFrame(rows)
 

@@ -1,6 +1,7 @@
 import json
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from journey_pipeline.learn.sensors import drift_retrain_request, drift_retrain_sensor
@@ -66,3 +67,55 @@ def test_a_skipped_drift_check_never_launches_and_says_why(journey_home):
         tick = drift_retrain_sensor(context)
     assert isinstance(tick, dg.SkipReason)
     assert "skipped: only 1 feature(s)" in tick.skip_message
+
+
+def _outcomes(days: int, degraded_from: int, seed: int = 0) -> pd.DataFrame:
+    """Matured live decisions, 200 a day: until ``degraded_from`` the model's score ranks the
+    conversions and revenue is 10 a user; from then on the score is noise and revenue 9."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for day in range(days):
+        date = pd.Timestamp("2026-02-01") + pd.Timedelta(days=day)
+        converted = rng.random(200) < 0.3
+        good = day < degraded_from
+        score = np.where(converted, 1.0, 0.0) + rng.normal(0, 0.5 if good else 5.0, 200)
+        for i in range(200):
+            rows.append(
+                {
+                    "decision_id": f"d-{day}-{i}",
+                    "contact_id": f"C-{day}-{i}",
+                    "decided_at": date,
+                    "decision_date": date.date(),
+                    "holdout": False,
+                    "matured": True,
+                    "expected_reward": float(score[i]),
+                    "converted": bool(converted[i]),
+                    "revenue": 10.0 if good else 9.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_performance_sensor_reads_the_outcomes_it_judges(journey_home):
+    """On real learn.outcomes: quiet while the model holds, a run once AUC and revenue per user
+    have both dropped for seven consecutive days."""
+    from journey_pipeline.learn.sensors import performance_retrain_sensor
+    from journey_pipeline.warehouse import warehouse
+
+    resources = {"journey": JourneyResource(home=str(journey_home))}
+    for degraded_from, expect_run in ((30, False), (14, True)):
+        with warehouse(journey_home / "warehouse.duckdb") as con:
+            con.register("frame", _outcomes(21, degraded_from))
+            con.execute("CREATE SCHEMA IF NOT EXISTS learn")
+            con.execute("CREATE OR REPLACE TABLE learn.outcomes AS SELECT * FROM frame")
+        with (
+            dg.instance_for_test() as instance,
+            dg.build_sensor_context(instance=instance, resources=resources) as context,
+        ):
+            result = performance_retrain_sensor(context)
+        if expect_run:
+            assert isinstance(result, dg.RunRequest), result
+            assert result.run_key == "performance:2026-02-21"
+        else:
+            assert isinstance(result, dg.SkipReason), result
+            assert "performance holds over 21 days" in result.skip_message
