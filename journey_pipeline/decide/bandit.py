@@ -537,12 +537,6 @@ class ContextualBandit:
                     member_models.append(value)
                     continue
                 sel = rows[chosen]
-                params = {
-                    **self.lgbm_params,
-                    "min_data_in_leaf": self._min_leaf(len(sel)),
-                    "seed": int(rng.integers(0, 2**31 - 1)),
-                    "num_threads": self.num_threads,
-                }
                 weight = counts[chosen] * weight_base[sel]
                 init_score = None
                 if self.shared_baseline:
@@ -554,16 +548,10 @@ class ContextualBandit:
                     residual = reward[sel] - start[sel]
                     intercepts[k, a] = float(weight @ residual) / (float(weight.sum()) + shrink)
                     init_score = start[sel] + intercepts[k, a]
-                dataset = lgb.Dataset(
-                    features[sel],
-                    label=reward[sel],
-                    weight=weight,
-                    init_score=init_score,
-                    feature_name=feature_name,
-                    free_raw_data=True,
-                )
                 member_models.append(
-                    lgb.train(params, dataset, num_boost_round=self.num_boost_round)
+                    self._train_member(
+                        self.lgbm_params, features[sel], reward[sel], weight, rng, init_score
+                    )
                 )
             models.append(member_models)
         self._baseline = baseline
@@ -571,6 +559,33 @@ class ContextualBandit:
         self._intercepts = intercepts
         self._stacked = None
         self._n_fits += 1
+
+    def _train_member(
+        self,
+        base_params: dict[str, Any],
+        features: np.ndarray,
+        label: np.ndarray,
+        weight: np.ndarray,
+        rng: np.random.Generator,
+        init_score: np.ndarray | None = None,
+    ) -> lgb.Booster:
+        """One (member, action) booster on its bootstrap rows, with leaves sized by
+        :meth:`_min_leaf` and a seed drawn from ``rng``."""
+        params = {
+            **base_params,
+            "min_data_in_leaf": self._min_leaf(len(label)),
+            "seed": int(rng.integers(0, 2**31 - 1)),
+            "num_threads": self.num_threads,
+        }
+        dataset = lgb.Dataset(
+            features,
+            label=label,
+            weight=weight,
+            init_score=init_score,
+            feature_name=[f"f{i}" for i in range(features.shape[1])],
+            free_raw_data=True,
+        )
+        return lgb.train(params, dataset, num_boost_round=self.num_boost_round)
 
     def _reward_floors(self, reward: np.ndarray, action_idx: np.ndarray) -> np.ndarray | None:
         """Each action's floor (its minimum reward) when at least ``FLOOR_SHARE`` of its rewards
@@ -649,21 +664,8 @@ class ContextualBandit:
                     rate = min(max(rate, 1e-4), 1.0 - 1e-4)
                     member_models.append(float(np.log(rate / (1.0 - rate))))
                     continue
-                params = {
-                    **self.conversion_params,
-                    "min_data_in_leaf": self._min_leaf(len(sel)),
-                    "seed": int(rng.integers(0, 2**31 - 1)),
-                    "num_threads": self.num_threads,
-                }
-                dataset = lgb.Dataset(
-                    features[sel],
-                    label=label,
-                    weight=weight,
-                    feature_name=feature_name,
-                    free_raw_data=True,
-                )
                 member_models.append(
-                    lgb.train(params, dataset, num_boost_round=self.num_boost_round)
+                    self._train_member(self.conversion_params, features[sel], label, weight, rng)
                 )
             models.append(member_models)
         self._baseline = None

@@ -993,14 +993,26 @@ class World:
         idx = np.flatnonzero(c["alive"] & (c["trigger_day"] == t - 1) & ~in_window)
         if not len(idx):
             return
+        self._open_windows(idx, t, _NO_OFFER, 0, -1, self._baseline_schedule(idx, t))
+
+    def _open_windows(
+        self,
+        idx: np.ndarray,
+        t: int,
+        action: np.ndarray | int,
+        delivery: np.ndarray | int,
+        decision: np.ndarray | int,
+        schedule: np.ndarray,
+    ) -> None:
+        """Start a decision window on day ``t`` for contacts ``idx``: the action, its delivery
+        offset and decision row, and the frozen purchase schedule (capped)."""
+        c = self.contacts
         c["win_start"][idx] = t
-        c["win_action"][idx] = _NO_OFFER
-        c["win_delivery"][idx] = 0
-        c["win_decision"][idx] = -1
+        c["win_action"][idx] = action
+        c["win_delivery"][idx] = delivery
+        c["win_decision"][idx] = decision
         c["win_redeemed"][idx] = False
-        self.win_hazard[idx] = np.minimum(self._baseline_schedule(idx, t), HAZARD_CAP).astype(
-            np.float32
-        )
+        self.win_hazard[idx] = np.minimum(schedule, HAZARD_CAP).astype(np.float32)
 
     def _apply_tasks(self, crm: LocalCrmStore, t: int, cutoff: str) -> tuple[list, list]:
         """Open decision windows for open tasks created before ``cutoff`` and schedule
@@ -1059,12 +1071,7 @@ class World:
         _, last = np.unique(idx[::-1], return_index=True)
         last = m - 1 - last
         tgt = idx[last]
-        c["win_start"][tgt] = t
-        c["win_action"][tgt] = code[last]
-        c["win_delivery"][tgt] = delivery[last]
-        c["win_decision"][tgt] = dec_index[last]
-        c["win_redeemed"][tgt] = False
-        self.win_hazard[tgt] = np.minimum(schedule[last], HAZARD_CAP).astype(np.float32)
+        self._open_windows(tgt, t, code[last], delivery[last], dec_index[last], schedule[last])
 
         # Offer events: delivery (same day or next), open within days, click after an open.
         offer = code != _NO_OFFER

@@ -20,7 +20,6 @@ import dagster as dg
 import duckdb
 import pytest
 
-from journey_pipeline.features.contract import ACQUISITION_CHANNELS
 from journey_pipeline.learn.analysis import (
     DRIFT_SHARE_THRESHOLD,
     append_drift_history,
@@ -41,9 +40,7 @@ MART_SQL = """
 CREATE SCHEMA raw;
 CREATE TABLE raw.events AS
 SELECT CAST(CAST("timestamp" AS TIMESTAMP) AS DATE) AS event_date, "type" AS event_type,
-       payload->>'contact_id' AS contact_id, TRY_CAST(payload->>'amount' AS DOUBLE) AS amount,
-       payload->>'acquisition_channel' AS acquisition_channel,
-       TRY_CAST(payload->>'loyalty_member' AS BOOLEAN) AS loyalty_member
+       payload->>'contact_id' AS contact_id, TRY_CAST(payload->>'amount' AS DOUBLE) AS amount
 FROM read_json_auto('{landing}/*.jsonl', format = 'newline_delimited');
 CREATE TABLE daily AS
 SELECT contact_id, event_date AS d,
@@ -54,10 +51,7 @@ SELECT contact_id, event_date AS d,
 FROM raw.events GROUP BY ALL;
 CREATE TABLE contact_features_daily AS
 WITH contacts AS (
-    SELECT contact_id, min(event_date) AS created,
-        list_position({channels}, any_value(acquisition_channel)) - 1 AS channel_rank,
-        CAST(any_value(loyalty_member) AS INTEGER) AS loyalty_member
-    FROM raw.events
+    SELECT contact_id, min(event_date) AS created FROM raw.events
     WHERE event_type = 'contact.created'
         AND contact_id NOT IN (
             SELECT contact_id FROM raw.events WHERE event_type = 'contact.deleted'
@@ -68,13 +62,8 @@ days AS (
     SELECT CAST(range AS DATE) AS feature_date
     FROM range(DATE '{first}' + 1, DATE '{last}' + 2, INTERVAL 1 DAY)
 ),
-grid AS (
-    SELECT contact_id, feature_date, channel_rank, loyalty_member
-    FROM contacts JOIN days ON created < feature_date
-)
+grid AS (SELECT contact_id, feature_date FROM contacts JOIN days ON created < feature_date)
 SELECT g.contact_id, g.feature_date,
-    any_value(g.channel_rank) AS acquisition_channel_rank,
-    any_value(g.loyalty_member) AS loyalty_member,
     coalesce(sum(spend) FILTER (WHERE d >= g.feature_date - 30), 0) AS spend_30d,
     coalesce(sum(spend), 0) AS spend_90d,
     coalesce(sum(orders) FILTER (WHERE d >= g.feature_date - 30), 0) AS orders_30d,
@@ -97,10 +86,7 @@ def simulated_mart(root: Path, days: int, drift_day: int | None) -> duckdb.DuckD
         world.step(crm, root / "landing")
     con = duckdb.connect(str(root / "warehouse.duckdb"))
     last = START + timedelta(days=days - 1)
-    channels = "[" + ", ".join(f"'{c}'" for c in ACQUISITION_CHANNELS) + "]"
-    con.execute(
-        MART_SQL.format(landing=root / "landing", first=START, last=last, channels=channels)
-    )
+    con.execute(MART_SQL.format(landing=root / "landing", first=START, last=last))
     return con
 
 
