@@ -2,8 +2,9 @@
 
 Runs the real loop in a temporary JOURNEY_HOME: simulate a day, ingest its events, build the
 features with dbt, materialize them online with Feast, decide (champion live, challenger
-shadow), write the offers back to the local CRM, build outcomes, and retrain every 7 days
-through the promotion gate. ``--engine plain`` (the default) calls the functions the Dagster
+shadow), write the offers back to the local CRM, build outcomes, check drift (Evidently, as
+the ``drift_report`` asset; a retrain after a detected drift learns from the new regime only,
+as the retrain job does), and retrain every 7 days through the promotion gate. ``--engine plain`` (the default) calls the functions the Dagster
 assets wrap, with one ``dbt build`` a day; ``--engine dagster`` runs the same days through
 ``journey_pipeline.demo.run_demo`` (the daily job, the analysis job and the retrain sensor),
 which is several times slower because every day starts three dbt processes. Then it
@@ -47,7 +48,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str,
     from journey_pipeline.decide.reward_model import TrainingConfig, train_reward_models
     from journey_pipeline.decide.scoring import labelled_decisions
     from journey_pipeline.features.feature_store import build_store, training_set
+    from journey_pipeline.learn.analysis import drift_history_onset
     from journey_pipeline.warehouse import warehouse
 
     with warehouse(settings.warehouse_path) as con:
@@ -162,12 +164,14 @@ def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str,
     nullable = [c for c in MODEL_FEATURES if c in frame and str(frame[c].dtype)[:3] == "Int"]
     frame[nullable] = frame[nullable].astype("float64")
     champion, champion_version = registry.load_policy_model(registry.CHAMPION, settings)
+    onset = drift_history_onset(settings.reports_dir)
     try:
         result = train_reward_models(
             frame,
             TrainingConfig(
                 validation_days=validation_days,
                 training_days=TRAINING_DAYS,
+                regime_start=datetime.combine(onset, datetime.min.time()) if onset else None,
                 num_boost_round=100,
                 seed=seed,
             ),
@@ -216,6 +220,7 @@ def run_loop_plain(
     from journey_pipeline.act.writeback import write_back
     from journey_pipeline.decide.scoring import day_triggers, score_day
     from journey_pipeline.features import feature_store as fs
+    from journey_pipeline.learn.analysis import check_drift
     from journey_pipeline.learn.outcomes import build_outcomes
     from journey_pipeline.observe.ingest import ingest_files
     from journey_pipeline.observe.landing import landing_files
@@ -261,6 +266,9 @@ def run_loop_plain(
         with warehouse(settings.warehouse_path) as con:
             build_outcomes(con, *outcome_dates(day), WINDOW_DAYS)
         timed("outcomes", t)
+        t = time.perf_counter()
+        check_drift(settings)
+        timed("drift", t)
         if (index + 1) % retrain_every == 0:
             t = time.perf_counter()
             retrains.append({"day": day.isoformat(), **_retrain(settings, seed, validation_days)})

@@ -1,7 +1,7 @@
 """Decide: score triggered contacts, train reward models, gate promotions (thin wrappers)."""
 
 import time
-from datetime import date
+from datetime import date, datetime
 
 import dagster as dg
 from pydantic import Field
@@ -11,6 +11,7 @@ from journey_pipeline.decide.reward_model import TrainingConfig, train_reward_mo
 from journey_pipeline.decide.scoring import day_triggers, labelled_decisions, score_day
 from journey_pipeline.features.contract import MODEL_FEATURES
 from journey_pipeline.features.feature_store import build_store, online_features, training_set
+from journey_pipeline.learn.analysis import drift_history_onset
 from journey_pipeline.partitions import daily_partitions
 from journey_pipeline.resources import JourneyResource
 from journey_pipeline.warehouse import record_timing, warehouse
@@ -63,6 +64,18 @@ class TrainingAssetConfig(dg.Config):
             "learns the new regime instead of averaging it with the old; null keeps all."
         ),
     )
+    since_drift: bool = Field(
+        default=True,
+        description=(
+            "After a drift report crossed the retrain threshold, train only on decisions "
+            "taken since the drift's onset (its first drifted feature day), once there are "
+            "min_regime_decisions of them."
+        ),
+    )
+    min_regime_decisions: int = Field(
+        default=1000,
+        description="Matured decisions since the drift onset needed to train on them alone.",
+    )
     num_boost_round: int = Field(default=100, description="LightGBM boosting rounds.")
     seed: int = 0
 
@@ -99,11 +112,14 @@ def reward_model(
     # reads as missing, and what the model signature can describe.
     frame[MODEL_FEATURES] = frame[MODEL_FEATURES].astype("float64")
     champion, champion_version = registry.load_policy_model(registry.CHAMPION, settings)
+    onset = drift_history_onset(settings.reports_dir) if config.since_drift else None
     result = train_reward_models(
         frame,
         TrainingConfig(
             validation_days=config.validation_days,
             training_days=config.training_days,
+            regime_start=datetime.combine(onset, datetime.min.time()) if onset else None,
+            min_regime_rows=config.min_regime_decisions,
             num_boost_round=config.num_boost_round,
             seed=config.seed,
         ),
@@ -116,6 +132,7 @@ def reward_model(
             "labelled_decisions": len(labelled),
             "challenger_version": run.version,
             "champion_version": champion_version or "none",
+            "training_regime": result.data_window["regime"],
             "mlflow_run": dg.MetadataValue.url(registry.run_url(run.run_id, settings)),
             "mlflow_run_id": run.run_id,
             **{f"metric/{k}": v for k, v in metrics.items()},

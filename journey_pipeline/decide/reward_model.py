@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,12 @@ class TrainingConfig:
     # Sliding window: only decisions taken in the last ``training_days`` days before the newest
     # one train and validate (customers and the effect of offers change); None keeps them all.
     training_days: float | None = None
+    # Regime change: once at least ``min_regime_rows`` decisions were taken on or after
+    # ``regime_start`` (the onset of the latest detected drift), only those train and
+    # validate: outcomes of the old regime would teach the new policy the old customers.
+    # With fewer, the whole window trains (there is nothing else to learn from yet).
+    regime_start: datetime | None = None
+    min_regime_rows: int = 1000
     num_boost_round: int = 100
     seed: int = 0
     bandit_options: dict[str, Any] = field(default_factory=lambda: {"min_observations": 200})
@@ -175,6 +182,8 @@ class TrainingConfig:
             "n_features": len(self.features),
             "validation_days": self.validation_days,
             "training_days": self.training_days if self.training_days is not None else "all",
+            "regime_start": str(self.regime_start) if self.regime_start is not None else "none",
+            "min_regime_rows": self.min_regime_rows,
             "num_boost_round": self.num_boost_round,
             "seed": self.seed,
             "min_validation_rows": self.min_validation_rows,
@@ -281,14 +290,23 @@ class TrainingResult:
         rule = "|" + "---|" * (len(per_action.columns) + 1)
         features = ", ".join(f"`{f}`" for f in self.config.features)
         options = ", ".join(f"{k}={v}" for k, v in sorted(self.config.bandit_options.items()))
+        if getattr(self.bandit, "_floors", None) is not None:
+            reward_model = (
+                "per action, a bootstrap ensemble of LightGBM conversion classifiers, times one "
+                "pooled LightGBM regressor of the margin of a conversion"
+            )
+        else:
+            reward_model = (
+                "a pooled LightGBM baseline of the margin and, per action, a bootstrap "
+                "ensemble of strongly regularised LightGBM boosters of the deviation from it"
+            )
         return f"""# Model card: journey next-best-action policy
 
 ## What it is
-A contextual bandit over the actions {", ".join(f"`{a}`" for a in self.config.actions)}:
-a pooled LightGBM baseline of the margin (margin = attributed revenue minus the action's fixed
-cost) and, per action, a bootstrap ensemble of strongly regularised LightGBM boosters of the
-deviation from that baseline; Thompson sampling over the ensemble mixed with epsilon-uniform
-exploration; every decision's propensity is exact. Bandit options: {options or "defaults"}.
+A contextual bandit over the actions {", ".join(f"`{a}`" for a in self.config.actions)}
+(margin = attributed revenue minus the action's fixed cost): {reward_model}; Thompson
+sampling over the ensemble mixed with epsilon-uniform exploration; every decision's
+propensity is exact. Bandit options: {options or "defaults"}.
 Per-action LightGBM conversion classifiers are trained alongside for validation.
 
 ## Data window
@@ -296,6 +314,7 @@ Per-action LightGBM conversion classifiers are trained alongside for validation.
 - Validation (latest {validation_days:.3g} days): {w["valid_start"]} to
   {w["valid_end"]} ({w["n_valid"]} decisions)
 - The deployed bandit is refitted on all {w["n_train"] + w["n_valid"]} decisions.
+- Regime: {w.get("regime", "no drift detected: the whole window")}
 
 ## Features
 {features}
@@ -376,6 +395,28 @@ def evaluate_policy(
     return PolicyValueEstimate(float(est.value), float(est.ci_low), float(est.ci_high))
 
 
+def regime_window(
+    frame: pd.DataFrame, regime_start: datetime | None, min_rows: int
+) -> tuple[pd.DataFrame, str]:
+    """The rows of the current regime: those decided on or after ``regime_start`` when there
+    are at least ``min_rows`` of them, else all rows. Out: the rows and a one-line account
+    of the choice (logged with the data window)."""
+    if regime_start is None or frame.empty:
+        return frame, "no drift detected: the whole window"
+    start = pd.Timestamp(regime_start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    since = (pd.to_datetime(frame["decided_at"], utc=True) >= start).to_numpy()
+    n_since = int(since.sum())
+    if n_since < min_rows:
+        return frame, (
+            f"drift since {start.date()}: {n_since} decisions since, fewer than {min_rows}, "
+            "so the whole window"
+        )
+    return frame[since].reset_index(drop=True), (
+        f"drift since {start.date()}: {n_since} decisions since, of {len(frame)} in the window"
+    )
+
+
 def train_reward_models(
     frame: pd.DataFrame,
     config: TrainingConfig | None = None,
@@ -407,6 +448,7 @@ def train_reward_models(
         decided = pd.to_datetime(frame["decided_at"], utc=True)
         since = decided.max() - pd.Timedelta(days=config.training_days)
         frame = frame[(decided >= since).to_numpy()].reset_index(drop=True)
+    frame, regime = regime_window(frame, config.regime_start, config.min_regime_rows)
     validation_days = config.validation_days
     train, valid = time_split(frame, validation_days)
     if len(train) < config.min_validation_rows:
@@ -516,6 +558,7 @@ def train_reward_models(
         "n_train": len(train),
         "n_valid": len(valid),
         "validation_days": validation_days,
+        "regime": regime,
     }
     return TrainingResult(
         config=config,

@@ -17,6 +17,7 @@ from journey_pipeline.learn.ope import baseline_policies, policy_value_table
 
 if TYPE_CHECKING:  # Evidently is imported only when a drift report runs
     from journey_pipeline.learn.drift import DriftResult
+    from journey_pipeline.settings import Settings
 
 # Share of features whose distribution drifted at which the loop retrains.
 DRIFT_SHARE_THRESHOLD = 0.3
@@ -255,6 +256,59 @@ def append_drift_history(path: Path, info: dict, result: DriftResult | None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     history.to_parquet(path)
     return history
+
+
+def check_drift(settings: Settings) -> tuple[dict, DriftResult | None]:
+    """One drift check, as the ``drift_report`` asset runs it: the champion's training window
+    of features against the newest feature day (:func:`feature_windows`), the Evidently
+    report written to ``reports/drift_report.html`` and the check appended to
+    ``reports/drift_history.parquet``. Out: the windows' info and the result (None when the
+    windows were skipped; ``info["reason"]`` says why)."""
+    from journey_pipeline.decide import registry
+
+    # Evidently takes seconds to import: load it when a drift report runs, not with the
+    # definitions that every run, sensor tick and CLI call loads.
+    from journey_pipeline.learn.drift import drift_report
+    from journey_pipeline.warehouse import warehouse
+
+    reference_end = registry.champion_training_end(settings)
+    with warehouse(settings.warehouse_path, read_only=True) as con:
+        reference, current, windows = feature_windows(con, reference_end)
+    result = None
+    if not windows.get("reason"):
+        html = settings.reports_dir / "drift_report.html"
+        result = drift_report(reference, current, windows["features"], html)
+    append_drift_history(settings.reports_dir / "drift_history.parquet", windows, result)
+    return windows, result
+
+
+def drift_onset(history: pd.DataFrame, threshold: float = DRIFT_SHARE_THRESHOLD) -> date | None:
+    """The first feature day of the latest drift episode in a drift history (the rows of
+    :func:`append_drift_history`), or None when no check ever reached ``threshold``.
+
+    An episode is a run of consecutive checks at or above the threshold; skipped checks
+    (no drift share) neither start nor end one. The retrain reads it to learn from the new
+    regime only (``TrainingConfig.regime_start``), also after the episode ends: an episode
+    ends when a champion trained on the drifted features becomes the reference."""
+    if history.empty:
+        return None
+    checks = history.dropna(subset=["drift_share"]).copy()
+    checks["day"] = pd.to_datetime(checks["current_window"]).dt.date
+    checks = checks.sort_values("day", kind="stable").drop_duplicates("day", keep="last")
+    onset, previous_drifted = None, False
+    for day, share in zip(checks["day"], checks["drift_share"], strict=True):
+        drifted = float(share) >= threshold
+        if drifted and not previous_drifted:
+            onset = day
+        previous_drifted = drifted
+    return onset
+
+
+def drift_history_onset(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> date | None:
+    """:func:`drift_onset` of the history the ``drift_report`` asset keeps under
+    ``reports_dir`` (None before the first report)."""
+    path = Path(reports_dir) / "drift_history.parquet"
+    return drift_onset(pd.read_parquet(path), threshold) if path.exists() else None
 
 
 def daily_model_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:

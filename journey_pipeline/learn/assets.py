@@ -8,10 +8,9 @@ from pydantic import Field
 
 from journey_pipeline.learn.analysis import (
     DRIFT_SHARE_THRESHOLD,
-    append_drift_history,
     baseline_policy_values,
     champion_outcomes,
-    feature_windows,
+    check_drift,
     outcome_frame,
     outcome_rebuild_range,
 )
@@ -123,25 +122,11 @@ def experiment_analysis(journey: JourneyResource) -> dg.MaterializeResult:
     ),
 )
 def drift_report(journey: JourneyResource) -> dg.MaterializeResult:
-    from journey_pipeline.decide import registry
-
-    # Evidently takes seconds to import: load it when a drift report runs, not with the
-    # definitions that every run, sensor tick and CLI call loads.
-    from journey_pipeline.learn.drift import drift_report as run_drift_report
-
     settings = journey.settings()
-    reference_end = registry.champion_training_end(settings)
-    with warehouse(settings.warehouse_path, read_only=True) as con:
-        reference, current, windows = feature_windows(con, reference_end)
+    windows, result = check_drift(settings)
+    skipped = windows.get("reason") or (result.skipped_reason if result is not None else None)
     html = settings.reports_dir / "drift_report.html"
-    if windows.get("reason"):
-        result = None
-        skipped = windows["reason"]
-    else:
-        result = run_drift_report(reference, current, windows["features"], html)
-        skipped = result.skipped_reason
     warm = windows.get("warming_up", {})
-    append_drift_history(settings.reports_dir / "drift_history.parquet", windows, result)
     metadata: dict[str, object] = {
         "skipped_reason": skipped or "",
         "current_window": windows.get("current_window") or "",

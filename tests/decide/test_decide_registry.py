@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,12 @@ from journey_pipeline.decide.reward_model import (
     snips_estimate,
     train_reward_models,
 )
-from journey_pipeline.decide.synthetic import synthetic_training_frame
+from journey_pipeline.decide.synthetic import (
+    expected_margins,
+    synthetic_contexts,
+    synthetic_training_frame,
+)
+from journey_pipeline.features.contract import MODEL_FEATURES
 from journey_pipeline.settings import load_settings
 
 
@@ -80,6 +86,42 @@ def test_training_days_keeps_only_the_latest_decisions():
     assert window["n_train"] + window["n_valid"] == int(kept.sum())
     assert pd.Timestamp(window["train_start"]) >= decided.max() - pd.Timedelta(days=14)
     assert result.params()["training_days"] == 14.0
+
+
+def test_after_a_drift_only_the_new_regime_trains_once_it_has_enough_decisions():
+    frame = synthetic_training_frame(8_000, seed=6)
+    onset = pd.Timestamp("2026-01-15")
+    after = (frame["decided_at"] >= onset).to_numpy()
+    # From the onset on the two offers trade effects: what offer_b did, offer_a now does.
+    swapped = frame["action"].map({"offer_a": "offer_b", "offer_b": "offer_a"})
+    frame.loc[after, "action"] = swapped[after].fillna(frame.loc[after, "action"])
+    config = TrainingConfig(validation_days=3.0, num_boost_round=20)
+    mixed = train_reward_models(frame, config)
+    regime = train_reward_models(frame, replace(config, regime_start=onset.to_pydatetime()))
+    window = regime.data_window
+    assert window["n_train"] + window["n_valid"] == int(after.sum())
+    assert pd.Timestamp(window["train_start"]) >= onset
+    assert f"drift since 2026-01-15: {int(after.sum())} decisions since" in window["regime"]
+    assert regime.params()["regime_start"] == "2026-01-15 00:00:00"
+    # Too few decisions since the onset: the whole window trains, and the run says why.
+    thin = train_reward_models(
+        frame, replace(config, regime_start=onset.to_pydatetime(), min_regime_rows=10_000)
+    )
+    assert thin.data_window["n_train"] + thin.data_window["n_valid"] == len(frame)
+    assert "fewer than 10000, so the whole window" in thin.data_window["regime"]
+
+    # Judged on the new regime's truth, the policy trained on it alone earns more.
+    fresh = synthetic_contexts(20_000, seed=99)
+    truth = expected_margins(fresh).rename(columns={"offer_a": "offer_b", "offer_b": "offer_a"})
+
+    def margin(result) -> float:
+        chosen = result.bandit.decide(fresh[MODEL_FEATURES])["action"].to_numpy()
+        return float(
+            truth.to_numpy()[np.arange(len(fresh)), truth.columns.get_indexer(chosen)].mean()
+        )
+
+    uniform = float(truth.mean(axis=1).mean())
+    assert margin(regime) > margin(mixed) + 0.2 * (truth.max(axis=1).mean() - uniform)
 
 
 def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_half():

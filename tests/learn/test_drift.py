@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from journey_pipeline.learn.analysis import drift_onset
 from journey_pipeline.learn.drift import chosen_action_expected_reward, drift_report
 
 
@@ -79,3 +81,21 @@ def test_expected_reward_of_the_chosen_action():
     values = chosen_action_expected_reward(blobs, actions)
     assert values.iloc[:2].tolist() == [2.5, 3.0]
     assert np.isnan(values.iloc[2])
+
+
+def test_the_drift_onset_is_the_first_day_of_the_latest_episode():
+    def history(*shares):
+        days = pd.date_range("2026-02-01", periods=len(shares)).date.astype(str)
+        return pd.DataFrame({"current_window": days, "drift_share": list(shares)})
+
+    assert drift_onset(history(0.0, 0.1, 0.2)) is None
+    assert drift_onset(history()) is None
+    # Skipped checks (no share) neither start nor end an episode.
+    assert drift_onset(history(0.0, 0.5, None, 0.6)) == date(2026, 2, 2)
+    # An episode that ended still marks the regime; a later one replaces it.
+    assert drift_onset(history(0.4, 0.6, 0.1, 0.0)) == date(2026, 2, 1)
+    assert drift_onset(history(0.4, 0.1, 0.35, 0.5)) == date(2026, 2, 3)
+    assert drift_onset(history(0.0, 0.25, 0.3), threshold=0.2) == date(2026, 2, 2)
+    # A re-run of a day (its row appended again) counts once, with its latest share.
+    rerun = pd.concat([history(0.0, 0.5), history(0.0, 0.1)], ignore_index=True)
+    assert drift_onset(rerun) is None

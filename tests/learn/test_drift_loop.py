@@ -23,6 +23,7 @@ import pytest
 from journey_pipeline.learn.analysis import (
     DRIFT_SHARE_THRESHOLD,
     append_drift_history,
+    drift_history_onset,
     feature_windows,
 )
 from journey_pipeline.learn.drift import drift_report
@@ -162,6 +163,7 @@ def test_a_stationary_world_never_launches_a_drift_retrain(marts, tmp_path):
     assert all(share is not None for _, share, _ in ticks)
     assert all(isinstance(tick, dg.SkipReason) for _, _, tick in ticks), ticks
     assert max(share for _, share, _ in ticks) < DRIFT_SHARE_THRESHOLD
+    assert drift_history_onset(tmp_path / "reports") is None  # the retrain keeps its window
 
 
 @pytest.mark.parametrize("trained_until", [20, 12])  # 12: reference moved forward
@@ -176,5 +178,7 @@ def test_real_drift_launches_one_retrain_within_five_days(marts, tmp_path, train
     assert DRIFT_DAY < index <= DRIFT_DAY + 5
     assert request.run_key == f"drift:{START + timedelta(days=index)}"
     assert request.tags["journey/trigger"] == "drift"
+    # The retrain that follows learns from the decisions since that first drifted day.
+    assert drift_history_onset(tmp_path / "reports") == START + timedelta(days=index)
     before = [share for i, share, _ in ticks if i <= DRIFT_DAY]
     assert max(before) < DRIFT_SHARE_THRESHOLD
