@@ -495,6 +495,79 @@ def stop_sensor(client: GraphQLClient, repository: RepositorySelector, sensor_na
     return result["instigationState"]["status"]
 
 
+SENSOR_TICKS = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor {
+      sensorState { status ticks(limit: 50) { status runIds runKeys skipReason timestamp } }
+    }
+    ... on SensorNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUNS_WITH_TAG = """
+query RunsWithTag($filter: RunsFilter!) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+@dataclass(frozen=True)
+class SensorTick:
+    """One evaluation of a sensor by the daemon, as the webserver reports it."""
+
+    status: str
+    run_ids: tuple[str, ...]
+    run_keys: tuple[str, ...]
+    skip_reason: str | None
+
+
+def sensor_ticks(
+    client: GraphQLClient, repository: RepositorySelector, sensor_name: str
+) -> list[SensorTick]:
+    """The sensor's latest ticks, newest first."""
+    selector = {**repository.as_graphql(), "sensorName": sensor_name}
+    sensor = client.execute(SENSOR_TICKS, {"selector": selector})["sensorOrError"]
+    if sensor["__typename"] != "Sensor":
+        raise DagsterUIError(f"sensor {sensor_name} not found: {sensor}")
+    return [
+        SensorTick(t["status"], tuple(t["runIds"]), tuple(t["runKeys"]), t["skipReason"])
+        for t in sensor["sensorState"]["ticks"]
+    ]
+
+
+def runs_with_tag(client: GraphQLClient, key: str, value: str) -> list[dict[str, Any]]:
+    """Runs carrying the tag ``key=value`` (runId, status, jobName, tags as a dict)."""
+    result = client.execute(RUNS_WITH_TAG, {"filter": {"tags": [{"key": key, "value": value}]}})
+    runs = result["runsOrError"]
+    if runs["__typename"] != "Runs":
+        raise DagsterUIError(f"runs not readable: {runs}")
+    return [{**run, "tags": {t["key"]: t["value"] for t in run["tags"]}} for run in runs["results"]]
+
+
+def wait_for_sensor_run(
+    client: GraphQLClient, sensor_name: str, timeout: float = 300.0, poll: float = 3.0
+) -> dict[str, Any]:
+    """Poll until a run launched by ``sensor_name`` has finished; return it (see
+    :func:`runs_with_tag`). Raises DagsterUIError on timeout with the runs seen."""
+    deadline = time.monotonic() + timeout
+    runs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        runs = runs_with_tag(client, "dagster/sensor_name", sensor_name)
+        finished = [run for run in runs if run["status"] in RUN_DONE]
+        if finished:
+            return finished[0]
+        time.sleep(poll)
+    raise DagsterUIError(f"no finished run of {sensor_name} after {timeout:.0f}s: {runs}")
+
+
 def dismiss_welcome_dialog(driver: Any, timeout: float = 3.0) -> bool:
     """Close the "Join the Dagster community" dialog a fresh browser profile sees once.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from dagster_ui import (
     launch_job_backfill,
     prepare_dagster_home,
     save_screenshot,
+    sensor_ticks,
     stop_sensor,
     wait_for_backfill,
+    wait_for_sensor_run,
     wait_for_text,
 )
 from site_setup import (
@@ -53,6 +56,9 @@ ASSET_GRAPH_PATH = "/asset-groups"  # "Global asset lineage" in Dagster 1.13
 # two-core machine needs minutes where an idle one needs a fraction.
 SERVER_LOAD_TIMEOUT = float(os.environ.get("JOURNEY_BROWSER_TEST_LOAD_TIMEOUT", "180"))
 BACKFILL_TIMEOUT = float(os.environ.get("JOURNEY_BROWSER_TEST_BACKFILL_TIMEOUT", "300"))
+# The drift sensor ticks once a minute; its run then starts a process that imports the project.
+SENSOR_RUN_TIMEOUT = float(os.environ.get("JOURNEY_BROWSER_TEST_SENSOR_TIMEOUT", "420"))
+DRIFT_SENSOR = "drift_retrain_sensor"
 
 
 @pytest.fixture(scope="module")
@@ -173,4 +179,67 @@ def test_backfill_of_two_days_through_graphql_completes(dagster_site: DagsterSit
     browser.get(f"{server.base_url}/runs/b/{backfill_id}")
     with screenshot_when_done(browser, "backfill.png") as screenshot:
         wait_for_text(browser, ["ingest_landing_job", "2 partitions", "100% completed"])
+    assert_png(screenshot)
+
+
+def wait_for_tick(site: DagsterSite, sensor: str, reason: str, timeout: float) -> None:
+    """Poll until the daemon has recorded a tick of ``sensor`` skipped for ``reason``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ticks = sensor_ticks(site.server.client, site.server.repository, sensor)
+        if any(t.status == "SKIPPED" and reason in (t.skip_reason or "") for t in ticks):
+            return
+        time.sleep(3.0)
+    raise AssertionError(f"no tick of {sensor} skipped for {reason!r} in {timeout:.0f}s: {ticks}")
+
+
+def test_drift_sensor_ticks_and_the_retrain_it_launched_are_visible(
+    dagster_site: DagsterSite, browser
+):
+    """The daemon evaluates drift_retrain_sensor; a drift report at the threshold makes its
+    next tick launch retrain_job once, and the sensor's page shows the ticks and the run."""
+    from journey_pipeline.learn.analysis import append_drift_history
+    from journey_pipeline.learn.drift import DriftResult
+
+    server = dagster_site.server
+    wait_for_tick(dagster_site, DRIFT_SENSOR, "no drift report yet", SENSOR_RUN_TIMEOUT)
+    day = SIMULATED_DAYS[1]
+    # What the drift_report asset appends when half the compared features drifted.
+    append_drift_history(
+        dagster_site.journey_home / "reports" / "drift_history.parquet",
+        {
+            "current_window": day,
+            "reference_window": "2025-12-27..2025-12-31",
+            "features": ["product_views_7d", "cart_abandons_14d"],
+        },
+        DriftResult(
+            drift_share=0.5,
+            per_column={"product_views_7d": 0.21, "cart_abandons_14d": 0.02},
+            drifted_columns=["product_views_7d"],
+            html_path=None,
+        ),
+    )
+
+    run = wait_for_sensor_run(server.client, DRIFT_SENSOR, timeout=SENSOR_RUN_TIMEOUT)
+
+    assert run["jobName"] == "retrain_job" and run["status"] == "SUCCESS", run
+    assert run["tags"]["journey/trigger"] == "drift"
+    assert run["tags"]["dagster/run_key"] == f"drift:{day}"
+    ticks = sensor_ticks(server.client, server.repository, DRIFT_SENSOR)
+    launching = [t for t in ticks if run["runId"] in t.run_ids]
+    assert len(launching) == 1 and launching[0].run_keys == (f"drift:{day}",), ticks
+    # The ticks after it see the same report and launch nothing (cooldown, one run key).
+    wait_for_tick(dagster_site, DRIFT_SENSOR, "cooling down since " + day, SENSOR_RUN_TIMEOUT)
+    assert (
+        len([t for t in sensor_ticks(server.client, server.repository, DRIFT_SENSOR) if t.run_ids])
+        == 1
+    )
+
+    repository = server.repository
+    browser.get(
+        f"{server.base_url}/locations/{repository.repository_name}@"
+        f"{repository.location_name}/sensors/{DRIFT_SENSOR}"
+    )
+    with screenshot_when_done(browser, "drift_sensor.png") as screenshot:
+        wait_for_text(browser, [DRIFT_SENSOR, "retrain_job", run["runId"][:8]])
     assert_png(screenshot)
