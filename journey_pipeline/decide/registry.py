@@ -163,6 +163,10 @@ class GateThresholds:
     max_auc_drop: float = 0.01  # versus the champion
     max_log_loss_increase: float = 0.01  # versus the champion
     ope_tolerance: float = 0.0  # challenger's OPE lower bound may trail the champion's by this
+    # Paired comparison (both valued on the challenger's validation window): the challenger's
+    # estimated uplift over the champion must be positive, and the lower bound of its 95%
+    # interval no further below zero than this share of the champion's value.
+    max_ope_regression_share: float = 0.1
 
 
 @dataclass
@@ -233,8 +237,10 @@ def gate(
     for the first version). Without a champion: absolute sanity checks (finite metrics, AUC
     above chance by a margin, calibration, enough validation rows, OPE interval not entirely
     below the logging policy). With one: additionally no material AUC or log-loss regression,
-    and the challenger's OPE lower bound at least the champion's (valued on the challenger's
-    validation window when the training measured it there, else the champion's own).
+    and a positive off-policy uplift over the champion, both valued on the same validation
+    decisions, whose paired 95% interval does not reach more than
+    ``max_ope_regression_share`` of the champion's value below zero. (Versions trained
+    without the paired estimate: the challenger's OPE lower bound at least the champion's.)
 
     AUC and log loss are properties of a window as much as of a model (log loss moves with
     the conversion rate of the days it is measured on), so they are compared with the
@@ -290,15 +296,25 @@ def gate(
             or not math.isfinite(their_loss)
             or loss <= their_loss + t.max_log_loss_increase,
         )
-        # Same-window valuation of the champion, when available, is the fair comparison.
-        reference_low = mine.get("champion_ope_ci_low", theirs.get("ope_ci_low", nan))
-        low = mine.get("ope_ci_low", nan)
-        check(
-            "ope lower bound vs champion",
-            low,
-            reference_low - t.ope_tolerance,
-            not math.isfinite(reference_low) or low >= reference_low - t.ope_tolerance,
-        )
+        uplift, uplift_low = mine.get("ope_uplift_vs_champion"), mine.get("ope_uplift_ci_low")
+        if uplift is not None and uplift_low is not None and math.isfinite(uplift_low):
+            # The paired difference on the same decisions: the fair comparison (see
+            # reward_model.snips_difference).
+            allowed = -t.max_ope_regression_share * abs(mine.get("champion_ope_value", nan))
+            allowed = allowed if math.isfinite(allowed) else 0.0
+            check("ope uplift vs champion (paired)", uplift, 0.0, uplift > 0.0)
+            check("ope uplift lower bound", uplift_low, allowed, uplift_low >= allowed)
+        else:
+            # Versions trained before the paired estimate: compare the two intervals' lower
+            # bounds, with the champion valued on the same window when that was measured.
+            reference_low = mine.get("champion_ope_ci_low", theirs.get("ope_ci_low", nan))
+            low = mine.get("ope_ci_low", nan)
+            check(
+                "ope lower bound vs champion",
+                low,
+                reference_low - t.ope_tolerance,
+                not math.isfinite(reference_low) or low >= reference_low - t.ope_tolerance,
+            )
     reasons = [
         f"{row['check']}: challenger {_fmt(row['challenger'])}, needs {_fmt(row['reference'])}"
         for row in table

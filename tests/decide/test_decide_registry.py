@@ -16,6 +16,7 @@ from journey_pipeline.decide.reward_model import (
     expected_calibration_error,
     log_loss,
     roc_auc,
+    snips_difference,
     snips_estimate,
     train_reward_models,
 )
@@ -39,6 +40,32 @@ def test_metric_helpers_on_known_values():
     assert same.value == pytest.approx(1.5) and same.ci_low < 1.5 < same.ci_high
     tilted = snips_estimate(rewards, np.full(4, 0.5), np.array([0.1, 0.1, 0.9, 0.1]))
     assert tilted.value == pytest.approx((0.2 * 1 + 1.8 * 3 + 0.2 * 2) / 2.4)
+
+
+def test_the_paired_ope_difference_covers_the_truth_and_is_narrower_than_two_intervals():
+    """Uniform logging over three actions with known mean rewards; A always plays the best
+    action, B (like a champion that logged the data) plays uniformly."""
+    means = np.array([10.0, 12.0, 11.0])
+    truth = means[1] - means.mean()
+    covered, paired_widths, unpaired_gaps = 0, [], []
+    for rep in range(200):
+        rng = np.random.default_rng(rep)
+        actions = rng.integers(0, 3, 2_000)
+        rewards = np.where(rng.random(2_000) < 0.15, rng.gamma(2.0, means[actions] / 0.3), 0.0)
+        logged = np.full(2_000, 1 / 3)
+        target_a = (actions == 1).astype(float)
+        target_b = np.full(2_000, 1 / 3)
+        diff = snips_difference(rewards, logged, target_a, target_b)
+        covered += diff.ci_low <= truth <= diff.ci_high
+        paired_widths.append(diff.ci_high - diff.ci_low)
+        a, b = snips_estimate(rewards, logged, target_a), snips_estimate(rewards, logged, target_b)
+        unpaired_gaps.append((a.ci_high - a.ci_low) + (b.ci_high - b.ci_low))
+    assert covered >= 180, covered  # nominal 95%: at least 90% of 200 repetitions
+    assert np.mean(paired_widths) < 0.9 * np.mean(unpaired_gaps)
+    same = snips_difference(
+        np.array([1.0, 0.0, 3.0]), np.full(3, 0.5), np.full(3, 0.5), np.full(3, 0.5)
+    )
+    assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +92,11 @@ def test_training_metrics_and_time_split(results):
     assert good.metrics["ope_value"] > good.metrics["logged_policy_value"]
     assert worse.metrics["auc"] < good.metrics["auc"] - 0.05
     assert "champion_ope_value" in worse.metrics
+    assert (
+        worse.metrics["ope_uplift_ci_low"]
+        <= worse.metrics["ope_uplift_vs_champion"]
+        <= worse.metrics["ope_uplift_ci_high"]
+    )
     assert set(good.per_action_metrics.index) == {"no_offer", "offer_a", "offer_b"}
     card = good.model_card()
     for section in ("Data window", "Features", "Metrics", "Intended use", "Known limits"):
@@ -180,6 +212,33 @@ def test_gate_compares_auc_and_log_loss_only_on_the_same_window(results, monkeyp
     challenger["champion_ope_ci_low"] = good.metrics["ope_ci_low"]
     blocked = registry.gate("challenger", "champion")
     assert not blocked.passed and blocked.reasons[0].startswith("log loss vs champion:")
+
+
+def test_gate_judges_the_champion_by_the_paired_uplift_when_measured(results):
+    good, _ = results
+    champion = dict(good.metrics)
+    # The champion logged the validation decisions, so its own interval is the narrowest and
+    # its lower bound the highest; the paired uplift says the challenger is better.
+    challenger = {
+        **good.metrics,
+        "ope_ci_low": good.metrics["ope_ci_low"] - 2.0,
+        "champion_ope_value": 10.0,
+        "champion_ope_ci_low": good.metrics["ope_ci_low"],
+        "ope_uplift_vs_champion": 1.5,
+        "ope_uplift_ci_low": -0.5,
+        "ope_uplift_ci_high": 3.5,
+    }
+    verdict = registry.gate(challenger, champion)
+    assert verdict.passed, verdict.reasons
+    assert "| ope uplift vs champion (paired) |" in verdict.markdown()
+    assert "ope lower bound vs champion" not in verdict.markdown()
+    # Worse by its estimate, or possibly much worse: refused.
+    worse = registry.gate({**challenger, "ope_uplift_vs_champion": -0.2}, champion)
+    assert worse.reasons == ["ope uplift vs champion (paired): challenger -0.2000, needs 0.0000"], (
+        worse.reasons
+    )
+    risky = registry.gate({**challenger, "ope_uplift_ci_low": -1.5}, champion)
+    assert not risky.passed and risky.reasons[0].startswith("ope uplift lower bound:")
 
 
 # Three registered versions on a fresh SQLite store (schema migrations included): ~25 s.
