@@ -26,6 +26,8 @@ Besides the whole run (cold start included), two views of what was learnt: the s
 decisions a trained model took and over the last 7 days, and an *information ceiling*: LightGBM
 fitted to the oracle's own margins (no reward noise, no exploration) on the first half of the
 days, acting on the second half, i.e. how much of the oracle the contract features can explain.
+And every registered model version, promoted or not, judged by the oracle on the decisions of
+the last 14 days: whether the promotion gate kept the better model.
 
 The baselines are measured in the same run; printed are the policy's share of the oracle, its
 difference to every baseline and the ratio policy / baseline where the baseline earns a positive
@@ -513,6 +515,49 @@ def information_ceiling(report: RegretReport, features: pd.DataFrame, seed: int)
     }
 
 
+def version_shares(
+    report: RegretReport, features: pd.DataFrame, settings: Settings, days: int = 14
+) -> dict[str, Any]:
+    """Every registered model version judged by the oracle on the same decisions: the last
+    ``days`` application days, each version acting with its exact action probabilities on
+    the features those decisions were served. Shows whether the promotion gate kept the
+    better model (promoted or refused, each version is valued on the same contacts)."""
+    import mlflow
+
+    from journey_pipeline.decide import registry
+
+    client = registry.configure_mlflow(settings)
+    versions = sorted(
+        int(v.version) for v in client.search_model_versions(f"name='{registry.MODEL_NAME}'")
+    )
+    evaluated = report.decisions[~report.decisions["holdout"]].reset_index(drop=True)
+    last = sorted(evaluated["applied_date"].unique())[-days:]
+    evaluated = evaluated[evaluated["applied_date"].isin(last)].reset_index(drop=True)
+    if not versions or evaluated.empty:
+        return {"days": len(last), "decisions": len(evaluated), "shares": {}}
+    contexts = features.reindex(evaluated["decision_id"])[list(MODEL_FEATURES)]
+    margins = evaluated[[f"margin_{a}" for a in ACTION_NAMES]].to_numpy(dtype=np.float64)
+    incremental = margins - margins[:, [ACTION_NAMES.index("no_offer")]]
+    oracle = float(incremental.max(axis=1).sum())
+    champion = registry.alias_version(client, registry.CHAMPION)
+    shares = {}
+    for version in versions:
+        bandit = (
+            mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
+            .unwrap_python_model()
+            .bandit
+        )
+        probabilities = bandit.action_probabilities(contexts)[list(ACTION_NAMES)].to_numpy()
+        shares[str(version)] = float(np.sum(probabilities * incremental)) / oracle
+    return {
+        "days": len(last),
+        "decisions": len(evaluated),
+        "first_day": str(last[0]),
+        "champion": champion,
+        "shares": shares,
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # The benchmark
 # ------------------------------------------------------------------------------------------
@@ -583,6 +628,21 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
             f"({ceiling['test_decisions']:,}); the policy there: "
             f"{_fmt_share(ceiling['policy_share_same_days']).strip()}"
         )
+    versions = results["versions"]
+    if versions["shares"]:
+        ranked = sorted(versions["shares"].items(), key=lambda kv: -kv[1])
+        print(
+            f"every model version judged by the oracle on the last {versions['days']} days "
+            f"({versions['decisions']:,} decisions from {versions['first_day']}; champion at the "
+            f"end v{versions['champion']}): best "
+            + ", ".join(f"v{v} {_fmt_share(x).strip()}" for v, x in ranked[:3])
+            + "; champion "
+            + _fmt_share(versions["shares"].get(str(versions["champion"]))).strip()
+            + "; newest v"
+            + max(versions["shares"], key=int)
+            + " "
+            + _fmt_share(versions["shares"][max(versions["shares"], key=int)]).strip()
+        )
     print(
         "on the decisions no business rule forced (the oracle is not bound by the frequency "
         "cap or eligibility, the policy is): "
@@ -645,6 +705,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
     learned = learned_shares(report)
     weeks = weekly_shares(report)
     ceiling = information_ceiling(report, features, seed)
+    versions = version_shares(report, features, settings)
     calibration = oracle_calibration(report.decisions, outcomes)
 
     def ratio(baseline: str) -> float | None:
@@ -671,6 +732,7 @@ def evaluate(settings: Settings, out_dir: Path, seed: int) -> tuple[RegretReport
         "unforced_share": report.totals["bandit_share"],
         "weeks": weeks,
         "information_ceiling": ceiling,
+        "versions": versions,
         "oracle_calibration": calibration.round(3).reset_index().to_dict(orient="records"),
         "report": report.summary(),
         "plots": plots,
