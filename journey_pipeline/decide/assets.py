@@ -145,7 +145,8 @@ def reward_model(
     blocking=True,
     description=(
         "Promotion gate: the challenger must pass absolute sanity checks and, when a champion "
-        "exists, not regress AUC/log loss and reach the champion's off-policy lower bound."
+        "exists, not regress AUC/log loss and show a positive off-policy uplift over the "
+        "champion on the same validation decisions (paired interval)."
     ),
 )
 def challenger_beats_champion(journey: JourneyResource) -> dg.AssetCheckResult:
