@@ -8,16 +8,20 @@ values.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
+from journey_pipeline.decide.bandit import ContextualBandit
 from journey_pipeline.decide.log import append_decisions, ensure_decision_log
 from journey_pipeline.decide.policy import DecisionPolicy
 from journey_pipeline.decide.registry import CHALLENGER, CHAMPION, load_policy_model
 from journey_pipeline.decide.reward_model import TRAINING_COLUMNS
+from journey_pipeline.learn.analysis import drift_episode_open
 from journey_pipeline.settings import Settings
 
 TRIGGER_TYPES = ("cart.abandoned", "lifecycle.opportunity")
@@ -91,6 +95,23 @@ class ScoringReport:
         }
 
 
+# While the newest drift check is at or above the retrain threshold, the live policy explores
+# this much (uniformly random actions, propensities stay exact): the new customers' responses
+# to every action get logged, for the retrain and the gate's off-policy estimates.
+DRIFT_EPSILON = 0.3
+
+
+def exploring_during_drift(bandit: ContextualBandit | None, reports_dir: Path):
+    """The bandit to decide with: while a drift episode is open (the newest drift check at or
+    above the threshold), a copy exploring at least ``DRIFT_EPSILON``; else the bandit itself.
+    The copy shares the fitted models; the cached champion is left as it is."""
+    if bandit is None or not drift_episode_open(reports_dir):
+        return bandit
+    explorer = copy.copy(bandit)
+    explorer.epsilon = max(bandit.epsilon, DRIFT_EPSILON)
+    return explorer
+
+
 def score_day(
     settings: Settings,
     con: duckdb.DuckDBPyConnection,
@@ -107,6 +128,7 @@ def score_day(
     ensure_decision_log(con)
     champion, champion_version = load_policy_model(CHAMPION, settings)
     challenger, challenger_version = load_policy_model(CHALLENGER, settings)
+    champion = exploring_during_drift(champion, settings.reports_dir)
     live = DecisionPolicy.from_warehouse(con, champion, model_version=champion_version).decide(
         contexts, triggers, mode="live"
     )

@@ -311,6 +311,15 @@ def drift_history_onset(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESH
     return drift_onset(pd.read_parquet(path), threshold) if path.exists() else None
 
 
+def drift_episode_open(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> bool:
+    """Whether the newest drift check (skipped ones aside) is at or above ``threshold``."""
+    path = Path(reports_dir) / "drift_history.parquet"
+    if not path.exists():
+        return False
+    checks = pd.read_parquet(path).dropna(subset=["drift_share"])
+    return bool(len(checks)) and float(checks["drift_share"].iloc[-1]) >= threshold
+
+
 def daily_model_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:
     """Per decision day, for the policy's own matured decisions (holdout excluded): the AUC of
     the model's expected reward as a score of conversion, and revenue per user.

@@ -295,3 +295,37 @@ def test_duckdb_control_tables_have_who_why_when(warehouse_con):
     with pytest.raises(ValueError):
         set_autonomy(warehouse_con, True, who="", why="")
     assert isinstance(warehouse_con, duckdb.DuckDBPyConnection)
+
+
+def test_the_policy_explores_more_while_a_drift_episode_is_open(trained_bandit, tmp_path):
+    from journey_pipeline.decide.scoring import DRIFT_EPSILON, exploring_during_drift
+    from journey_pipeline.learn.analysis import drift_episode_open
+
+    history = tmp_path / "drift_history.parquet"
+    contexts = synthetic_contexts(500, seed=4)[MODEL_FEATURES]
+    assert exploring_during_drift(trained_bandit, tmp_path) is trained_bandit  # no report yet
+
+    def checks(*shares):
+        days = pd.date_range("2026-02-01", periods=len(shares)).date.astype(str)
+        pd.DataFrame({"current_window": days, "drift_share": list(shares)}).to_parquet(history)
+
+    checks(0.0, 0.5, None)  # a skipped check leaves the episode open
+    assert drift_episode_open(tmp_path)
+    explorer = exploring_during_drift(trained_bandit, tmp_path)
+    assert explorer is not trained_bandit and trained_bandit.epsilon < DRIFT_EPSILON
+    probabilities = explorer.action_probabilities(contexts).to_numpy()
+    floor = DRIFT_EPSILON / len(ACTION_NAMES)
+    assert probabilities.min() >= floor - 1e-12
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    # The same members pick the same actions: only the uniform share changed.
+    base = trained_bandit.action_probabilities(contexts).to_numpy()
+    eps = trained_bandit.epsilon
+    np.testing.assert_allclose(
+        (probabilities - floor) / (1 - DRIFT_EPSILON),
+        (base - eps / len(ACTION_NAMES)) / (1 - eps),
+        atol=1e-9,
+    )
+    decided = explorer.decide(contexts)
+    assert decided["propensity"].min() >= floor - 1e-12
+    checks(0.5, 0.1)  # the newest check is below the threshold: back to the champion itself
+    assert exploring_during_drift(trained_bandit, tmp_path) is trained_bandit
