@@ -521,7 +521,9 @@ def version_shares(
     """Every registered model version judged by the oracle on the same decisions: the last
     ``days`` application days, each version acting with its exact action probabilities on
     the features those decisions were served. Shows whether the promotion gate kept the
-    better model (promoted or refused, each version is valued on the same contacts)."""
+    better model (promoted or refused, each version is valued on the same contacts). Like
+    the oracle, the versions act where a business rule forced the logged action, so their
+    shares are above what the policy realises under the frequency cap."""
     import mlflow
 
     from journey_pipeline.decide import registry
@@ -632,7 +634,8 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
     if versions["shares"]:
         ranked = sorted(versions["shares"].items(), key=lambda kv: -kv[1])
         print(
-            f"every model version judged by the oracle on the last {versions['days']} days "
+            f"every model version judged by the oracle (before business rules) on the last "
+            f"{versions['days']} days "
             f"({versions['decisions']:,} decisions from {versions['first_day']}; champion at the "
             f"end v{versions['champion']}): best "
             + ", ".join(f"v{v} {_fmt_share(x).strip()}" for v, x in ranked[:3])
