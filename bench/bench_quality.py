@@ -50,7 +50,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +166,13 @@ def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str,
     nullable = [c for c in MODEL_FEATURES if c in frame and str(frame[c].dtype)[:3] == "Int"]
     frame[nullable] = frame[nullable].astype("float64")
     champion, champion_version = registry.load_policy_model(registry.CHAMPION, settings)
-    onset = drift_history_onset(settings.reports_dir)
     try:
         result = train_reward_models(
             frame,
             TrainingConfig(
                 validation_days=validation_days,
                 training_days=TRAINING_DAYS,
-                regime_start=datetime.combine(onset, datetime.min.time()) if onset else None,
+                regime_start=drift_history_onset(settings.reports_dir),
                 num_boost_round=100,
                 seed=seed,
             ),
@@ -633,6 +632,7 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
     versions = results["versions"]
     if versions["shares"]:
         ranked = sorted(versions["shares"].items(), key=lambda kv: -kv[1])
+        newest = max(versions["shares"], key=int)
         print(
             f"every model version judged by the oracle (before business rules) on the last "
             f"{versions['days']} days "
@@ -641,10 +641,8 @@ def _print_table(report: RegretReport, results: dict[str, Any]) -> None:
             + ", ".join(f"v{v} {_fmt_share(x).strip()}" for v, x in ranked[:3])
             + "; champion "
             + _fmt_share(versions["shares"].get(str(versions["champion"]))).strip()
-            + "; newest v"
-            + max(versions["shares"], key=int)
-            + " "
-            + _fmt_share(versions["shares"][max(versions["shares"], key=int)]).strip()
+            + f"; newest v{newest} "
+            + _fmt_share(versions["shares"][newest]).strip()
         )
     print(
         "on the decisions no business rule forced (the oracle is not bound by the frequency "

@@ -1,7 +1,7 @@
 """Decide: score triggered contacts, train reward models, gate promotions (thin wrappers)."""
 
 import time
-from datetime import date, datetime
+from datetime import date
 
 import dagster as dg
 from pydantic import Field
@@ -112,13 +112,12 @@ def reward_model(
     # reads as missing, and what the model signature can describe.
     frame[MODEL_FEATURES] = frame[MODEL_FEATURES].astype("float64")
     champion, champion_version = registry.load_policy_model(registry.CHAMPION, settings)
-    onset = drift_history_onset(settings.reports_dir) if config.since_drift else None
     result = train_reward_models(
         frame,
         TrainingConfig(
             validation_days=config.validation_days,
             training_days=config.training_days,
-            regime_start=datetime.combine(onset, datetime.min.time()) if onset else None,
+            regime_start=drift_history_onset(settings.reports_dir) if config.since_drift else None,
             min_regime_rows=config.min_regime_decisions,
             num_boost_round=config.num_boost_round,
             seed=config.seed,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ class TrainingConfig:
     # ``regime_start`` (the onset of the latest detected drift), only those train and
     # validate: outcomes of the old regime would teach the new policy the old customers.
     # With fewer, the whole window trains (there is nothing else to learn from yet).
-    regime_start: datetime | None = None
+    regime_start: date | datetime | None = None
     min_regime_rows: int = 1000
     num_boost_round: int = 100
     seed: int = 0
@@ -414,15 +414,13 @@ def logged_action_probabilities(
 
 
 def evaluate_policy(
-    bandit: ContextualBandit,
     logged: pd.DataFrame,
-    features: Sequence[str],
+    target: np.ndarray,
     estimator: PolicyValueEstimator | None = None,
 ) -> PolicyValueEstimate:
-    """Off-policy value of ``bandit`` on logged decisions (action, propensity, reward and
-    features): the estimator gets the bandit's exact probability of each logged action."""
+    """Off-policy value on logged decisions (action, propensity, reward) of a policy that
+    gives each logged action the probability ``target`` (:func:`logged_action_probabilities`)."""
     estimator = estimator or default_estimator()
-    target = logged_action_probabilities(bandit, logged, features)
     est = estimator(
         logged["reward"].to_numpy(dtype=np.float64),
         logged["propensity"].to_numpy(dtype=np.float64),
@@ -432,7 +430,7 @@ def evaluate_policy(
 
 
 def regime_window(
-    frame: pd.DataFrame, regime_start: datetime | None, min_rows: int
+    frame: pd.DataFrame, regime_start: date | datetime | None, min_rows: int
 ) -> tuple[pd.DataFrame, str]:
     """The rows of the current regime: those decided on or after ``regime_start`` when there
     are at least ``min_rows`` of them, else all rows. Out: the rows and a one-line account
@@ -562,7 +560,8 @@ def train_reward_models(
     bandit_options = {**config.bandit_options, "feature_names": features}
     holdout_bandit = ContextualBandit(list(config.actions), seed=config.seed, **bandit_options)
     holdout_bandit.update(train[features], train["action"], train["propensity"], train["reward"])
-    estimate = evaluate_policy(holdout_bandit, valid, features, estimator)
+    holdout_target = logged_action_probabilities(holdout_bandit, valid, features)
+    estimate = evaluate_policy(valid, holdout_target, estimator)
     metrics.update(
         {
             "ope_value": estimate.value,
@@ -571,7 +570,8 @@ def train_reward_models(
         }
     )
     if champion is not None:
-        champion_estimate = evaluate_policy(champion, valid, features, estimator)
+        champion_target = logged_action_probabilities(champion, valid, features)
+        champion_estimate = evaluate_policy(valid, champion_target, estimator)
         metrics.update(
             {
                 "champion_ope_value": champion_estimate.value,
@@ -582,8 +582,8 @@ def train_reward_models(
         uplift = snips_difference(
             valid["reward"].to_numpy(dtype=np.float64),
             valid["propensity"].to_numpy(dtype=np.float64),
-            logged_action_probabilities(holdout_bandit, valid, features),
-            logged_action_probabilities(champion, valid, features),
+            holdout_target,
+            champion_target,
         )
         metrics.update(
             {

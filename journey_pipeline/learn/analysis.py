@@ -304,19 +304,21 @@ def drift_onset(history: pd.DataFrame, threshold: float = DRIFT_SHARE_THRESHOLD)
     return onset
 
 
-def drift_history_onset(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> date | None:
-    """:func:`drift_onset` of the history the ``drift_report`` asset keeps under
-    ``reports_dir`` (None before the first report)."""
+def read_drift_history(reports_dir: Path) -> pd.DataFrame:
+    """The history the ``drift_report`` asset keeps under ``reports_dir`` (empty before the
+    first report)."""
     path = Path(reports_dir) / "drift_history.parquet"
-    return drift_onset(pd.read_parquet(path), threshold) if path.exists() else None
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["drift_share"])
+
+
+def drift_history_onset(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> date | None:
+    """:func:`drift_onset` of the history kept under ``reports_dir``."""
+    return drift_onset(read_drift_history(reports_dir), threshold)
 
 
 def drift_episode_open(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> bool:
     """Whether the newest drift check (skipped ones aside) is at or above ``threshold``."""
-    path = Path(reports_dir) / "drift_history.parquet"
-    if not path.exists():
-        return False
-    checks = pd.read_parquet(path).dropna(subset=["drift_share"])
+    checks = read_drift_history(reports_dir).dropna(subset=["drift_share"])
     return bool(len(checks)) and float(checks["drift_share"].iloc[-1]) >= threshold
 
 

@@ -483,12 +483,20 @@ mutation StopSensor($id: String!) {
 """
 
 
-def stop_sensor(client: GraphQLClient, repository: RepositorySelector, sensor_name: str) -> str:
-    """Stop a sensor through the webserver, as the UI's toggle does; return its new status."""
+def _sensor(
+    client: GraphQLClient, repository: RepositorySelector, sensor_name: str, query: str
+) -> dict[str, Any]:
+    """The ``Sensor`` a ``sensorOrError`` query returns; DagsterUIError when there is none."""
     selector = {**repository.as_graphql(), "sensorName": sensor_name}
-    sensor = client.execute(SENSOR_STATE, {"selector": selector})["sensorOrError"]
+    sensor = client.execute(query, {"selector": selector})["sensorOrError"]
     if sensor["__typename"] != "Sensor":
         raise DagsterUIError(f"sensor {sensor_name} not found: {sensor}")
+    return sensor
+
+
+def stop_sensor(client: GraphQLClient, repository: RepositorySelector, sensor_name: str) -> str:
+    """Stop a sensor through the webserver, as the UI's toggle does; return its new status."""
+    sensor = _sensor(client, repository, sensor_name, SENSOR_STATE)
     result = client.execute(STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
     if result["__typename"] != "StopSensorMutationResult":
         raise DagsterUIError(f"sensor {sensor_name} not stopped: {result}")
@@ -533,10 +541,7 @@ def sensor_ticks(
     client: GraphQLClient, repository: RepositorySelector, sensor_name: str
 ) -> list[SensorTick]:
     """The sensor's latest ticks, newest first."""
-    selector = {**repository.as_graphql(), "sensorName": sensor_name}
-    sensor = client.execute(SENSOR_TICKS, {"selector": selector})["sensorOrError"]
-    if sensor["__typename"] != "Sensor":
-        raise DagsterUIError(f"sensor {sensor_name} not found: {sensor}")
+    sensor = _sensor(client, repository, sensor_name, SENSOR_TICKS)
     return [
         SensorTick(t["status"], tuple(t["runIds"]), tuple(t["runKeys"]), t["skipReason"])
         for t in sensor["sensorState"]["ticks"]
