@@ -76,6 +76,14 @@ class TrainingAssetConfig(dg.Config):
         default=1000,
         description="Matured decisions since the drift onset needed to train on them alone.",
     )
+    regime_crossfit_folds: int = Field(
+        default=5,
+        description=(
+            "On the decisions since a drift, validate by blocked cross-fitting over this "
+            "many consecutive time blocks, so every decision of the short new regime judges "
+            "the policy once, out of fold; 0 keeps the time split."
+        ),
+    )
     num_boost_round: int = Field(default=100, description="LightGBM boosting rounds.")
     seed: int = 0
 
@@ -119,6 +127,7 @@ def reward_model(
             training_days=config.training_days,
             regime_start=drift_history_onset(settings.reports_dir) if config.since_drift else None,
             min_regime_rows=config.min_regime_decisions,
+            regime_crossfit_folds=config.regime_crossfit_folds,
             num_boost_round=config.num_boost_round,
             seed=config.seed,
         ),
@@ -132,6 +141,7 @@ def reward_model(
             "challenger_version": run.version,
             "champion_version": champion_version or "none",
             "training_regime": result.data_window["regime"],
+            "validation": result.data_window["validation"],
             "mlflow_run": dg.MetadataValue.url(registry.run_url(run.run_id, settings)),
             "mlflow_run_id": run.run_id,
             **{f"metric/{k}": v for k, v in metrics.items()},

@@ -6,7 +6,11 @@ feature columns (MODEL_FEATURES by default).
 
 Validation is by time: models are fitted on the earlier decisions and judged on the latest
 window (default the last 7 days), as they will be used. When the history is no longer than
-that window (the first retrains after the cold start), the latest half of it validates. Reported:
+that window (the first retrains after the cold start), the latest half of it validates. After a
+drift, on the new regime's decisions alone, the window is short, so validation is blocked
+cross-fitting instead: each of 5 consecutive time blocks is judged by the models fitted on the
+other four, and every decision of the regime is judged once, out of fold
+(:func:`validation_folds`). Reported:
 
 - per action a LightGBM conversion classifier: AUC, log loss and expected calibration error
   (ECE), pooled over actions (``auc``, ``log_loss``, ``ece``) and per action;
@@ -199,6 +203,9 @@ class TrainingConfig:
     # With fewer, the whole window trains (there is nothing else to learn from yet).
     regime_start: date | datetime | None = None
     min_regime_rows: int = 1000
+    # On a regime's window the policy is validated by blocked cross-fitting over this many
+    # time blocks (see validation_folds); 0 keeps the time split there too.
+    regime_crossfit_folds: int = 5
     num_boost_round: int = 100
     seed: int = 0
     bandit_options: dict[str, Any] = field(default_factory=lambda: {"min_observations": 200})
@@ -213,6 +220,7 @@ class TrainingConfig:
             "training_days": self.training_days if self.training_days is not None else "all",
             "regime_start": str(self.regime_start) if self.regime_start is not None else "none",
             "min_regime_rows": self.min_regime_rows,
+            "regime_crossfit_folds": self.regime_crossfit_folds,
             "num_boost_round": self.num_boost_round,
             "seed": self.seed,
             "min_validation_rows": self.min_validation_rows,
@@ -340,9 +348,9 @@ Per-action LightGBM conversion classifiers are trained alongside for validation.
 
 ## Data window
 - Training: {w["train_start"]} to {w["train_end"]} ({w["n_train"]} decisions)
-- Validation (latest {validation_days:.3g} days): {w["valid_start"]} to
-  {w["valid_end"]} ({w["n_valid"]} decisions)
-- The deployed bandit is refitted on all {w["n_train"] + w["n_valid"]} decisions.
+- Validation ({w.get("validation", f"the latest {validation_days:.3g} days")}): {w["valid_start"]}
+  to {w["valid_end"]} ({w["n_valid"]} decisions)
+- The deployed bandit is refitted on all {w.get("n_rows", w["n_train"] + w["n_valid"])} decisions.
 - Regime: {w.get("regime", "no drift detected: the whole window")}
 
 ## Features
@@ -431,24 +439,70 @@ def evaluate_policy(
 
 def regime_window(
     frame: pd.DataFrame, regime_start: date | datetime | None, min_rows: int
-) -> tuple[pd.DataFrame, str]:
+) -> tuple[pd.DataFrame, str, bool]:
     """The rows of the current regime: those decided on or after ``regime_start`` when there
-    are at least ``min_rows`` of them, else all rows. Out: the rows and a one-line account
-    of the choice (logged with the data window)."""
+    are at least ``min_rows`` of them, else all rows. Out: the rows, a one-line account of
+    the choice (logged with the data window) and whether the window is the regime's alone."""
     if regime_start is None or frame.empty:
-        return frame, "no drift detected: the whole window"
+        return frame, "no drift detected: the whole window", False
     start = pd.Timestamp(regime_start)
     start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     since = (pd.to_datetime(frame["decided_at"], utc=True) >= start).to_numpy()
     n_since = int(since.sum())
     if n_since < min_rows:
-        return frame, (
-            f"drift since {start.date()}: {n_since} decisions since, fewer than {min_rows}, "
-            "so the whole window"
+        return (
+            frame,
+            (
+                f"drift since {start.date()}: {n_since} decisions since, fewer than {min_rows}, "
+                "so the whole window"
+            ),
+            False,
         )
-    return frame[since].reset_index(drop=True), (
-        f"drift since {start.date()}: {n_since} decisions since, of {len(frame)} in the window"
+    return (
+        frame[since].reset_index(drop=True),
+        (f"drift since {start.date()}: {n_since} decisions since, of {len(frame)} in the window"),
+        True,
     )
+
+
+def validation_folds(
+    frame: pd.DataFrame, validation_days: float, *, crossfit_folds: int = 0, min_rows: int = 50
+) -> tuple[list[tuple[pd.DataFrame, pd.DataFrame]], float, str]:
+    """The (train, validation) pairs a training is judged on, from a frame sorted by time.
+
+    - ``crossfit_folds`` >= 2: blocked cross-fitting. The frame is cut by time into that many
+      consecutive blocks of equal size; each block validates the models fitted on the others,
+      so every row is judged once, out of fold. Used on a regime's window after a drift,
+      which is short: a time split would fit the judged policy on a few days and judge it on
+      a few hundred decisions, while the deployed one learns from all of them.
+    - otherwise one time split (:func:`time_split`) at ``validation_days`` before the newest
+      decision; when that leaves fewer than ``min_rows`` to train (a history no longer than
+      the window: the first retrains after the cold start), the latest half validates.
+
+    Out: the folds, the validation days of a time split (the whole span when cross-fitted)
+    and a one-line account. ValueError when a fold has fewer than ``min_rows`` on a side.
+    """
+    decided_at = pd.to_datetime(frame["decided_at"], utc=True)
+    span_days = (decided_at.max() - decided_at.min()) / pd.Timedelta(days=1) if len(frame) else 0.0
+    if crossfit_folds >= 2:
+        blocks = np.array_split(np.arange(len(frame)), crossfit_folds)
+        folds = [(frame.drop(index=frame.index[block]), frame.iloc[block]) for block in blocks]
+        scheme = f"cross-fitted over {crossfit_folds} consecutive time blocks"
+        validation_days = span_days
+    else:
+        train, valid = time_split(frame, validation_days)
+        if len(train) < min_rows:
+            validation_days = span_days / 2
+            train, valid = time_split(frame, validation_days)
+        folds = [(train, valid)]
+        scheme = f"time split: the latest {validation_days:.3g} days validate"
+    for train, valid in folds:
+        if len(valid) < min_rows or len(train) < min_rows:
+            raise ValueError(
+                f"{len(train)} training and {len(valid)} validation rows: need at least "
+                f"{min_rows} of each (more logged outcomes, or a shorter validation window)"
+            )
+    return folds, float(validation_days), scheme
 
 
 def train_reward_models(
@@ -482,85 +536,88 @@ def train_reward_models(
         decided = pd.to_datetime(frame["decided_at"], utc=True)
         since = decided.max() - pd.Timedelta(days=config.training_days)
         frame = frame[(decided >= since).to_numpy()].reset_index(drop=True)
-    frame, regime = regime_window(frame, config.regime_start, config.min_regime_rows)
-    validation_days = config.validation_days
-    train, valid = time_split(frame, validation_days)
-    if len(train) < config.min_validation_rows:
-        # A history no longer than the validation window (the first retrains after the cold
-        # start): validate on the latest half of it instead, still strictly by time.
-        decided_at = pd.to_datetime(frame["decided_at"], utc=True)
-        validation_days = (decided_at.max() - decided_at.min()) / pd.Timedelta(days=1) / 2
-        train, valid = time_split(frame, validation_days)
-    if len(valid) < config.min_validation_rows or len(train) < config.min_validation_rows:
-        raise ValueError(
-            f"{len(train)} training and {len(valid)} validation rows: need at least "
-            f"{config.min_validation_rows} of each (more logged outcomes, or a shorter "
-            "validation window)"
-        )
+    frame, regime, in_regime = regime_window(frame, config.regime_start, config.min_regime_rows)
+    folds, validation_days, scheme = validation_folds(
+        frame,
+        config.validation_days,
+        crossfit_folds=config.regime_crossfit_folds if in_regime else 0,
+        min_rows=config.min_validation_rows,
+    )
 
     def matrix(rows: pd.DataFrame) -> np.ndarray:
         values = rows[features].to_numpy(dtype=np.float64, na_value=np.nan)
         values[~np.isfinite(values)] = np.nan
         return values
 
+    # Each fold: per-action models and a bandit fitted on its training rows, judged on its
+    # validation rows. The time split is one fold; cross-fitting judges every row out of fold.
+    bandit_options = {**config.bandit_options, "feature_names": features}
     conversion_models: dict[str, lgb.Booster | None] = {}
     margin_models: dict[str, lgb.Booster | None] = {}
-    validation_parts, per_action = [], {}
-    for i, action in enumerate(config.actions):
-        tr = train[train["action"] == action]
-        va = valid[valid["action"] == action]
-        x_tr, x_va = matrix(tr), matrix(va)
-        converted = tr["converted"].to_numpy(dtype=np.float64)
-        conversion_models[action] = _train_booster(
-            CLASSIFIER_PARAMS, x_tr, converted, config.num_boost_round, config.seed + i
-        )
-        margin_models[action] = _train_booster(
-            REGRESSOR_PARAMS,
-            x_tr,
-            tr["reward"].to_numpy(dtype=np.float64),
-            config.num_boost_round,
-            config.seed + 100 + i,
-        )
-        base_rate = float(converted.mean()) if len(converted) else 0.5
-        mean_margin = float(tr["reward"].mean()) if len(tr) else 0.0
-        p_convert = _predict(conversion_models[action], x_va, base_rate)
-        margin = _predict(margin_models[action], x_va, mean_margin)
-        y = va["converted"].to_numpy(dtype=bool)
+    parts, valid_parts, targets = [], [], []
+    for train, valid in folds:
+        for i, action in enumerate(config.actions):
+            tr = train[train["action"] == action]
+            va = valid[valid["action"] == action]
+            x_tr, x_va = matrix(tr), matrix(va)
+            converted = tr["converted"].to_numpy(dtype=np.float64)
+            conversion_models[action] = _train_booster(
+                CLASSIFIER_PARAMS, x_tr, converted, config.num_boost_round, config.seed + i
+            )
+            margin_models[action] = _train_booster(
+                REGRESSOR_PARAMS,
+                x_tr,
+                tr["reward"].to_numpy(dtype=np.float64),
+                config.num_boost_round,
+                config.seed + 100 + i,
+            )
+            base_rate = float(converted.mean()) if len(converted) else 0.5
+            mean_margin = float(tr["reward"].mean()) if len(tr) else 0.0
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "action": action,
+                        "converted": va["converted"].to_numpy(dtype=bool),
+                        "p_convert": _predict(conversion_models[action], x_va, base_rate),
+                        "reward": va["reward"].to_numpy(dtype=np.float64),
+                        "margin": _predict(margin_models[action], x_va, mean_margin),
+                    }
+                )
+            )
+        # The policy judged on decisions it has not seen: a bandit fitted on the training part.
+        fold_bandit = ContextualBandit(list(config.actions), seed=config.seed, **bandit_options)
+        fold_bandit.update(train[features], train["action"], train["propensity"], train["reward"])
+        targets.append(logged_action_probabilities(fold_bandit, valid, features))
+        valid_parts.append(valid)
+    valid = pd.concat(valid_parts, ignore_index=True)
+    holdout_target = np.concatenate(targets)
+    predictions = pd.concat(parts, ignore_index=True)
+    per_action: dict[str, dict[str, float]] = {}
+    for action in config.actions:
+        rows = predictions[predictions["action"] == action]
+        y, p = rows["converted"].to_numpy(dtype=bool), rows["p_convert"].to_numpy()
+        residual = rows["reward"].to_numpy() - rows["margin"].to_numpy()
         per_action[action] = {
-            "n_train": len(tr),
-            "n_valid": len(va),
-            "auc": roc_auc(y, p_convert),
-            "log_loss": log_loss(y, p_convert),
-            "ece": expected_calibration_error(y, p_convert),
-            "margin_rmse": float(np.sqrt(np.mean((va["reward"].to_numpy() - margin) ** 2)))
-            if len(va)
-            else math.nan,
+            "n_train": float(np.mean([(t["action"] == action).sum() for t, _ in folds])),
+            "n_valid": len(rows),
+            "auc": roc_auc(y, p),
+            "log_loss": log_loss(y, p),
+            "ece": expected_calibration_error(y, p),
+            "margin_rmse": float(np.sqrt(np.mean(residual**2))) if len(rows) else math.nan,
         }
-        validation_parts.append(
-            pd.DataFrame({"action": action, "converted": y, "p_convert": p_convert})
-        )
-    validation = pd.concat(validation_parts, ignore_index=True)
+    validation = predictions[["action", "converted", "p_convert"]]
     y_all, p_all = validation["converted"].to_numpy(), validation["p_convert"].to_numpy()
-    squared = [
-        per_action[a]["margin_rmse"] ** 2 * per_action[a]["n_valid"]
-        for a in config.actions
-        if per_action[a]["n_valid"]
-    ]
+    all_residuals = predictions["reward"].to_numpy() - predictions["margin"].to_numpy()
+    n_train = float(np.mean([len(train) for train, _ in folds]))
     metrics: dict[str, float] = {
         "auc": roc_auc(y_all, p_all),
         "log_loss": log_loss(y_all, p_all),
         "ece": expected_calibration_error(y_all, p_all),
-        "margin_rmse": float(np.sqrt(np.sum(squared) / len(valid))),
-        "n_train": float(len(train)),
+        "margin_rmse": float(np.sqrt(np.mean(all_residuals**2))),
+        "n_train": n_train,
         "n_valid": float(len(valid)),
         "logged_policy_value": float(valid["reward"].mean()),
     }
-
-    # The policy judged on decisions it has not seen: a bandit fitted on the training part.
-    bandit_options = {**config.bandit_options, "feature_names": features}
-    holdout_bandit = ContextualBandit(list(config.actions), seed=config.seed, **bandit_options)
-    holdout_bandit.update(train[features], train["action"], train["propensity"], train["reward"])
-    holdout_target = logged_action_probabilities(holdout_bandit, valid, features)
     estimate = evaluate_policy(valid, holdout_target, estimator)
     metrics.update(
         {
@@ -599,14 +656,17 @@ def train_reward_models(
     def stamp(rows: pd.DataFrame, how: str) -> str:
         return str(pd.to_datetime(rows["decided_at"]).agg(how))
 
+    train = pd.concat([train for train, _ in folds]).drop_duplicates("decision_id")
     data_window = {
         "train_start": stamp(train, "min"),
         "train_end": stamp(train, "max"),
         "valid_start": stamp(valid, "min"),
         "valid_end": stamp(valid, "max"),
-        "n_train": len(train),
+        "n_train": round(n_train),
         "n_valid": len(valid),
+        "n_rows": len(frame),
         "validation_days": validation_days,
+        "validation": scheme,
         "regime": regime,
     }
     return TrainingResult(

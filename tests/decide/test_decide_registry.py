@@ -19,6 +19,7 @@ from journey_pipeline.decide.reward_model import (
     snips_difference,
     snips_estimate,
     train_reward_models,
+    validation_folds,
 )
 from journey_pipeline.decide.synthetic import (
     expected_margins,
@@ -120,19 +121,26 @@ def test_training_days_keeps_only_the_latest_decisions():
     assert result.params()["training_days"] == 14.0
 
 
-def test_after_a_drift_only_the_new_regime_trains_once_it_has_enough_decisions():
-    frame = synthetic_training_frame(8_000, seed=6)
-    onset = pd.Timestamp("2026-01-15")
-    after = (frame["decided_at"] >= onset).to_numpy()
-    # From the onset on the two offers trade effects: what offer_b did, offer_a now does.
+def _drifted_log(n: int, seed: int, onset: str) -> tuple[pd.DataFrame, pd.Timestamp, np.ndarray]:
+    """A uniform-logged frame whose two offers trade effects from ``onset`` on (what offer_b
+    did, offer_a now does); out: the frame, the onset and the mask of rows since it."""
+    frame = synthetic_training_frame(n, seed=seed)
+    start = pd.Timestamp(onset)
+    after = (frame["decided_at"] >= start).to_numpy()
     swapped = frame["action"].map({"offer_a": "offer_b", "offer_b": "offer_a"})
     frame.loc[after, "action"] = swapped[after].fillna(frame.loc[after, "action"])
+    return frame, start, after
+
+
+def test_after_a_drift_only_the_new_regime_trains_once_it_has_enough_decisions():
+    frame, onset, after = _drifted_log(8_000, seed=6, onset="2026-01-15")
     config = TrainingConfig(validation_days=3.0, num_boost_round=20)
     mixed = train_reward_models(frame, config)
     regime = train_reward_models(frame, replace(config, regime_start=onset.to_pydatetime()))
     window = regime.data_window
-    assert window["n_train"] + window["n_valid"] == int(after.sum())
+    assert window["n_rows"] == window["n_valid"] == int(after.sum())
     assert pd.Timestamp(window["train_start"]) >= onset
+    assert window["validation"] == "cross-fitted over 5 consecutive time blocks"
     assert f"drift since 2026-01-15: {int(after.sum())} decisions since" in window["regime"]
     assert regime.params()["regime_start"] == "2026-01-15 00:00:00"
     # Too few decisions since the onset: the whole window trains, and the run says why.
@@ -156,6 +164,45 @@ def test_after_a_drift_only_the_new_regime_trains_once_it_has_enough_decisions()
     assert margin(regime) > margin(mixed) + 0.2 * (truth.max(axis=1).mean() - uniform)
 
 
+def test_cross_fitting_judges_every_decision_once_by_models_that_did_not_see_it():
+    frame = synthetic_training_frame(1_000, seed=4)
+    folds, days, scheme = validation_folds(frame, 3.0, crossfit_folds=5)
+    assert len(folds) == 5 and scheme == "cross-fitted over 5 consecutive time blocks"
+    judged = pd.concat([valid for _, valid in folds])
+    assert sorted(judged["decision_id"]) == sorted(frame["decision_id"])
+    for train, valid in folds:
+        assert not set(train["decision_id"]) & set(valid["decision_id"])
+        assert len(train) + len(valid) == len(frame)
+    # Consecutive blocks of time, in order.
+    ends = [(v["decided_at"].min(), v["decided_at"].max()) for _, v in folds]
+    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))
+    assert days == pytest.approx(28.0, abs=0.5)
+    [(train, valid)] = validation_folds(frame, 3.0)[0]
+    assert train["decided_at"].max() < valid["decided_at"].min()
+    with pytest.raises(ValueError, match="need at least 50"):
+        validation_folds(frame.head(200), 3.0, crossfit_folds=5)
+
+
+def test_on_a_short_regime_cross_fitting_gives_the_gate_a_tighter_paired_uplift():
+    frame, onset, after = _drifted_log(6_000, seed=0, onset="2026-01-22")
+    config = TrainingConfig(validation_days=3.0, num_boost_round=20)
+    # The champion learnt the old regime; a week of the new one (about 1,400 decisions) follows.
+    champion = train_reward_models(frame[~after].reset_index(drop=True), config).bandit
+    config = replace(config, regime_start=onset.to_pydatetime())
+    crossfit = train_reward_models(frame, config, champion=champion).metrics
+    split = train_reward_models(
+        frame, replace(config, regime_crossfit_folds=0), champion=champion
+    ).metrics
+    assert crossfit["n_valid"] == int(after.sum()) > 2 * split["n_valid"]
+
+    def width(metrics) -> float:
+        return metrics["ope_uplift_ci_high"] - metrics["ope_uplift_ci_low"]
+
+    assert width(crossfit) < 0.85 * width(split)
+    # The policy of the new regime beats the old champion, with confidence.
+    assert crossfit["ope_uplift_ci_low"] > 0.0
+
+
 def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_half():
     frame = synthetic_training_frame(1_500, seed=3)
     start = pd.Timestamp("2026-01-01")
@@ -166,7 +213,7 @@ def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_ha
     assert window["validation_days"] == pytest.approx(2.0, abs=0.01)
     assert window["train_end"] < window["valid_start"]
     assert min(window["n_train"], window["n_valid"]) > 0.3 * len(frame)
-    assert "latest 2 days" in result.model_card()
+    assert "the latest 2 days validate" in result.model_card()
 
 
 def test_gate_rules(results):
