@@ -8,8 +8,9 @@ long-lived process needs around them:
 
 - **Champion polling.** A background thread asks the registry for the alias every
   ``model_poll_s`` seconds and rebuilds the policy when the version moved; overrides, the kill
-  switch, erasures and recent offers are re-read every ``controls_refresh_s`` seconds, never
-  per request. The served policy is one immutable object replaced by a single assignment:
+  switch, erasures, recent offers and whether a drift episode is open (the champion then
+  explores more, as in the daily scoring) are re-read every ``controls_refresh_s`` seconds,
+  never per request. The served policy is one immutable object replaced by a single assignment:
   a request reads it once, so requests in flight finish on the policy they started with.
 - **Buffered writes.** The warehouse is a DuckDB file that Dagster runs write, so the service
   never holds it open: decisions are buffered in memory and flushed in small batches (open,
@@ -68,6 +69,7 @@ from journey_pipeline.decide.policy import (
     decisions_frame,
 )
 from journey_pipeline.decide.registry import CHAMPION, load_policy_model
+from journey_pipeline.decide.scoring import exploring_during_drift
 from journey_pipeline.features.contract import FEATURES, MODEL_FEATURES
 from journey_pipeline.features.feature_store import build_store, online_features, online_reader
 from journey_pipeline.settings import Settings
@@ -514,7 +516,14 @@ class DecisionService:
         self, bandit: ContextualBandit | None, version: str | None, current: ServedPolicy | None
     ) -> ServedPolicy:
         """The policy with fresh controls from the warehouse, or, while the warehouse is
-        locked by a writer for longer than ``controls_timeout_s``, the controls in force."""
+        locked by a writer for longer than ``controls_timeout_s``, the controls in force.
+        While a drift episode is open the champion explores more, as in the daily scoring
+        (:func:`~journey_pipeline.decide.scoring.exploring_during_drift`)."""
+        try:
+            bandit = exploring_during_drift(bandit, self.settings.reports_dir)
+        except Exception as exc:
+            # An unreadable drift history (being rewritten) keeps the champion as it is.
+            logger.warning("drift history not read (%s); deciding with the champion", exc)
         try:
             con = connect(self.settings.warehouse_path, timeout_s=self.config.controls_timeout_s)
             try:

@@ -316,3 +316,38 @@ def test_promotion_during_traffic_switches_versions_without_failures(api):
     # Once a request saw the new champion, none went back to the old one... per worker order
     # is not global, so check the tail only: the last 10 all ran on the new policy.
     assert set(versions[-10:]) == {new}
+
+
+def test_the_served_champion_explores_more_while_a_drift_episode_is_open(api):
+    import pandas as pd
+
+    from journey_pipeline.actions import ACTION_NAMES
+    from journey_pipeline.decide.scoring import DRIFT_EPSILON
+
+    client, service, home = api
+    champion_epsilon = service.served.bandit.epsilon
+    assert champion_epsilon < DRIFT_EPSILON
+    history = home.settings.reports_dir / "drift_history.parquet"
+    history.parent.mkdir(parents=True, exist_ok=True)
+
+    def newest_check(share: float) -> None:
+        pd.DataFrame({"current_window": ["2026-02-01"], "drift_share": [share]}).to_parquet(history)
+        service.refresh_policy(force=True)
+
+    newest_check(0.6)
+    assert service.served.bandit.epsilon == DRIFT_EPSILON
+    answers = [
+        client.post("/v1/decisions", json={"contact_id": c}, headers=AUTH).json()
+        for c in home.contact_ids[:40]
+    ]
+    modelled = [a for a in answers if a["model_version"] is not None and not a["holdout"]]
+    assert (
+        modelled
+        and min(a["propensity"] for a in modelled) >= DRIFT_EPSILON / len(ACTION_NAMES) - 1e-12
+    )
+    newest_check(0.1)  # the newest check is below the threshold: the champion as it is
+    assert service.served.bandit.epsilon == champion_epsilon
+    # A history that cannot be read keeps the champion serving.
+    history.write_bytes(b"not parquet")
+    assert service.refresh_policy(force=True)
+    assert service.served.bandit.epsilon == champion_epsilon
