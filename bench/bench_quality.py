@@ -71,6 +71,7 @@ from journey_pipeline.learn.regret import (
     oracle_calibration,
     plot_cumulative,
     plot_regret,
+    weekly_shares,
 )
 from journey_pipeline.settings import Settings, load_settings
 
@@ -436,37 +437,6 @@ def learned_shares(report: RegretReport) -> dict[str, Any]:
             if name.startswith("static_") or name in (UNIFORM, VW)
         },
     }
-
-
-def weekly_shares(report: RegretReport) -> list[dict[str, Any]]:
-    """The policy's share of the oracle per 7 application days (from the first), with the
-    deciding model versions: how the loop fares around a drift and after each retrain."""
-    evaluated = report.decisions[~report.decisions["holdout"]]
-    days = sorted(evaluated["applied_date"].unique())
-    rows = []
-    for start in range(0, len(days), 7):
-        week = days[start : start + 7]
-        mask = evaluated["applied_date"].isin(week)
-        oracle = float(evaluated.loc[mask, f"incremental_{ORACLE}"].sum())
-        rows.append(
-            {
-                "first_day": str(week[0]),
-                "last_day": str(week[-1]),
-                "decisions": int(mask.sum()),
-                "share": float(evaluated.loc[mask, f"incremental_{POLICY}"].sum()) / oracle
-                if oracle
-                else None,
-                "best_static_share": max(
-                    float(evaluated.loc[mask, f"incremental_static_{a}"].sum())
-                    for a in ACTION_NAMES
-                )
-                / oracle
-                if oracle
-                else None,
-                "models": sorted(evaluated.loc[mask, "model_version"].astype(str).unique()),
-            }
-        )
-    return rows
 
 
 def information_ceiling(report: RegretReport, features: pd.DataFrame, seed: int) -> dict[str, Any]:

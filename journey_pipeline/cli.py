@@ -180,7 +180,7 @@ def demo(
     except SettingsError as exc:  # e.g. the production Dagster instance's variables
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    from journey_pipeline.demo import render_margins, render_summary
+    from journey_pipeline.demo import render_margins, render_summary, render_weekly
 
     console.print(render_summary(summary))
     margins = render_margins(summary)
@@ -188,6 +188,7 @@ def demo(
         console.print("no live decision could be evaluated against the oracle yet")
     else:
         console.print(margins)
+        console.print(render_weekly(summary))
     if summary["report"]:
         console.print(f"report: {summary['report']}")
     print(json.dumps(summary, default=str))

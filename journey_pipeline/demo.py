@@ -169,7 +169,7 @@ def run_demo(
         import pandas as pd
 
         scoreboard = json.loads(pd.read_parquet(scoreboard_path).to_json(orient="records"))
-    report_path, margins = None, []
+    report_path, margins, weekly = None, [], []
     if report:
         from journey_pipeline.demo_report import write_demo_report
 
@@ -177,6 +177,7 @@ def run_demo(
         measure_decision_latency(settings, seed=seed)
         report_path, data = write_demo_report(settings, instance)
         margins = data["margins"]
+        weekly = (data.get("expected") or {}).get("weekly", [])
         stages.done("report", clock)
     return {
         "home": str(settings.home),
@@ -193,6 +194,7 @@ def run_demo(
             "retrains": sum(1 for r in per_day if r["retrain"]),
         },
         "margins": margins,
+        "weekly": weekly,
         "report": str(report_path) if report_path else None,
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stages.seconds.items()},
@@ -273,6 +275,27 @@ def render_margins(summary: dict[str, Any]) -> Table | None:
             "-" if share is None else f"{100 * share:.1f}%",
             f"{row['decisions']:,}",
             row["basis"],
+        )
+    return table
+
+
+def render_weekly(summary: dict[str, Any]) -> Table | None:
+    """The policy's share of the oracle week by week, beside the best static action's, with
+    the model versions that decided (:func:`journey_pipeline.learn.regret.weekly_shares`), or
+    None when nothing could be evaluated yet."""
+    weeks = summary.get("weekly") or []
+    if not weeks:
+        return None
+    table = Table(title="share of the oracle's incremental margin, week by week")
+    for column in ("days", "decisions", "policy", "best static", "models"):
+        table.add_column(column, justify="right" if column in ("decisions",) else "left")
+    for week in weeks:
+        table.add_row(
+            f"{week['first_day']} .. {week['last_day']}",
+            f"{week['decisions']:,}",
+            "-" if week["share"] is None else f"{100 * week['share']:.1f}%",
+            "-" if week["best_static_share"] is None else f"{100 * week['best_static_share']:.1f}%",
+            ", ".join(week["models"]),
         )
     return table
 

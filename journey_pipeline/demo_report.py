@@ -177,6 +177,7 @@ def _regret_series(settings: Settings) -> tuple[dict[str, Any], Any]:
         UNIFORM,
         OracleReplayError,
         load_regret_report,
+        weekly_shares,
     )
 
     try:
@@ -206,6 +207,7 @@ def _regret_series(settings: Settings) -> tuple[dict[str, Any], Any]:
         "cumulative": cumulative,
         "policies": list(report.policies),
         "reference": {"policy": POLICY, "oracle": ORACLE, "uniform": UNIFORM},
+        "weekly": weekly_shares(report),
     }
     return {"expected": expected, "realised": realised}, report
 
@@ -248,6 +250,21 @@ def margin_rows(regret: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return _clean(rows)
+
+
+def weekly_rows(regret: dict[str, Any]) -> list[dict[str, Any]]:
+    """The week-by-week shares of the oracle (:func:`journey_pipeline.learn.regret.weekly_shares`)
+    as display rows: days, decisions, policy, best static, models."""
+    return [
+        {
+            "days": f"{week['first_day']} .. {week['last_day']}",
+            "decisions": week["decisions"],
+            "policy": _share(week["share"]),
+            "best static": _share(week["best_static_share"]),
+            "models": ", ".join(week["models"]),
+        }
+        for week in (regret.get("expected") or {}).get("weekly", [])
+    ]
 
 
 def _calibration_png(settings: Settings) -> tuple[bytes | None, str | None]:
@@ -525,6 +542,7 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
         for row in data.get("margins", [])
     ]
     retrains = data.get("retrains", [])
+    weeks = weekly_rows(data)
     # "</" would end the script element early; JSON reads "<\/" back as "</".
     embedded = json.dumps(data, sort_keys=True).replace("</", "<\\/")
     total_decisions = sum(sum(v.values()) for v in data.get("decisions_by_action", {}).values())
@@ -543,6 +561,14 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
         "the holdout's.</p>",
         _table(margins, ["policy", "incremental_margin", "share_of_oracle", "decisions", "basis"])
         if margins
+        else f"<p class='missing'>{html.escape(regret_missing)}</p>",
+        "<h2>Week by week</h2>",
+        "<p class='note'>The policy's share of the oracle's incremental margin per 7 days of "
+        "applied decisions, beside the best static action's on the same decisions, and the "
+        "model versions that took them: how the loop fares after a drift and after each "
+        "retrain.</p>",
+        _table(weeks, ["days", "decisions", "policy", "best static", "models"])
+        if weeks
         else f"<p class='missing'>{html.escape(regret_missing)}</p>",
         "<h2>Realised incremental margin against the holdout</h2>",
         "<p class='note'>Cumulative over decision dates: the policy's matured rewards minus "

@@ -802,6 +802,38 @@ def load_regret_report(
 # ------------------------------------------------------------------------------------------
 
 
+def weekly_shares(report: RegretReport) -> list[dict[str, Any]]:
+    """The policy's share of the oracle per 7 application days (from the first), beside the best
+    static action's on the same decisions, with the model versions that took them: how the loop
+    fares around a drift and after each retrain. Holdout decisions are left out."""
+    evaluated = report.decisions[~report.decisions["holdout"]]
+    days = sorted(evaluated["applied_date"].unique())
+    rows = []
+    for start in range(0, len(days), 7):
+        week = days[start : start + 7]
+        mask = evaluated["applied_date"].isin(week)
+        oracle = float(evaluated.loc[mask, f"incremental_{ORACLE}"].sum())
+        rows.append(
+            {
+                "first_day": str(week[0]),
+                "last_day": str(week[-1]),
+                "decisions": int(mask.sum()),
+                "share": float(evaluated.loc[mask, f"incremental_{POLICY}"].sum()) / oracle
+                if oracle
+                else None,
+                "best_static_share": max(
+                    float(evaluated.loc[mask, f"incremental_static_{a}"].sum())
+                    for a in report.actions
+                )
+                / oracle
+                if oracle
+                else None,
+                "models": sorted(evaluated.loc[mask, "model_version"].astype(str).unique()),
+            }
+        )
+    return rows
+
+
 def _pyplot():
     import matplotlib
 

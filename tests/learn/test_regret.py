@@ -31,6 +31,7 @@ from journey_pipeline.learn.regret import (
     policy_regret,
     realised_incremental,
     static_name,
+    weekly_shares,
 )
 from journey_pipeline.sim.crm import LocalCrmStore
 from journey_pipeline.sim.world import World
@@ -189,6 +190,22 @@ def test_share_and_regret_are_computed_from_the_logged_actions(random_run):
     table = report.table().set_index("policy")
     assert table.loc[ORACLE, "share_of_oracle"] == pytest.approx(1.0)
     assert "| policy |" in report.markdown()
+
+
+def test_weekly_shares_split_the_run_into_weeks_that_add_up(random_run):
+    _, log, truth, report = random_run
+    weeks = weekly_shares(report)
+    daily = report.daily
+    assert [w["first_day"] for w in weeks] == [str(d) for d in daily.index[::7]]
+    assert sum(w["decisions"] for w in weeks) == daily["decisions"].sum()
+    for week in weeks:
+        days = daily.loc[
+            [d for d in daily.index if week["first_day"] <= str(d) <= week["last_day"]]
+        ]
+        assert week["share"] == pytest.approx(days[POLICY].sum() / days[ORACLE].sum())
+        best = max(days[static_name(a)].sum() for a in report.actions)
+        assert week["best_static_share"] == pytest.approx(best / days[ORACLE].sum())
+        assert week["models"] == ["cold start"]
 
 
 def test_compared_policy_is_evaluated_on_the_same_decisions(random_run):

@@ -289,6 +289,10 @@ def test_the_demo_report_shows_what_the_run_stored(loop):
     data = _check_report(settings, dagster_instance(settings))
     # The printed comparison is the report's.
     assert summary["margins"] == data["margins"]
+    weekly = data["expected"]["weekly"]
+    assert summary["weekly"] == weekly and weekly
+    assert sum(w["decisions"] for w in weekly) == data["expected"]["decisions"]
+    assert "Week by week" in Path(summary["report"]).read_text(encoding="utf-8")
     names = [row["policy"] for row in data["margins"]]
     assert names[:3] == ["policy (expected)", "oracle", "uniform random"]
     assert names[3].startswith("best static")
