@@ -21,7 +21,7 @@ from journey_pipeline.decide.log import append_decisions, ensure_decision_log
 from journey_pipeline.decide.policy import DecisionPolicy
 from journey_pipeline.decide.registry import CHALLENGER, CHAMPION, load_policy_model
 from journey_pipeline.decide.reward_model import TRAINING_COLUMNS
-from journey_pipeline.learn.analysis import drift_episode_open
+from journey_pipeline.learn.analysis import drift_episode_age
 from journey_pipeline.settings import Settings
 
 TRIGGER_TYPES = ("cart.abandoned", "lifecycle.opportunity")
@@ -97,15 +97,22 @@ class ScoringReport:
 
 # While the newest drift check is at or above the retrain threshold, the live policy explores
 # this much (uniformly random actions, propensities stay exact): the new customers' responses
-# to every action get logged, for the retrain and the gate's off-policy estimates.
+# to every action get logged, for the retrain and the gate's off-policy estimates. For at most
+# DRIFT_EXPLORATION_DAYS feature days from the onset: two retrain cycles' worth of data; when
+# no challenger beat the champion by then, more exploration only costs margin.
 DRIFT_EPSILON = 0.3
+DRIFT_EXPLORATION_DAYS = 14
 
 
 def exploring_during_drift(bandit: ContextualBandit | None, reports_dir: Path):
     """The bandit to decide with: while a drift episode is open (the newest drift check at or
-    above the threshold), a copy exploring at least ``DRIFT_EPSILON``; else the bandit itself.
-    The copy shares the fitted models; the cached champion is left as it is."""
-    if bandit is None or not drift_episode_open(reports_dir):
+    above the threshold) and younger than ``DRIFT_EXPLORATION_DAYS``, a copy exploring at
+    least ``DRIFT_EPSILON``; else the bandit itself. The copy shares the fitted models; the
+    cached champion is left as it is."""
+    if bandit is None:
+        return bandit
+    age = drift_episode_age(reports_dir)
+    if age is None or age >= DRIFT_EXPLORATION_DAYS:
         return bandit
     explorer = copy.copy(bandit)
     explorer.epsilon = max(bandit.epsilon, DRIFT_EPSILON)
@@ -156,13 +163,22 @@ FROM learn.outcomes o
 JOIN decide.decision_log d USING (decision_id)
 WHERE o.matured AND NOT o.holdout AND o.reward IS NOT NULL
   AND d.mode = 'live' AND d.fallback_reason IS NULL
+  AND coalesce(json_array_length(d.rules_applied), 0) = 0
 ORDER BY o.decided_at, o.decision_id
 """
 
 
 def labelled_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Matured live decisions chosen by the policy (not the holdout, not a fallback) with
-    their observed reward: the rows a reward model may learn from and be evaluated on."""
+    """Matured live decisions the bandit chose, with their observed reward: the rows a reward
+    model may learn from and be evaluated on.
+
+    Left out are the decisions a business rule took (holdout, fallback, frequency cap,
+    churned, override, kill switch): their action was forced, not chosen, and their reward
+    says little about that action for a contact the bandit would decide for. A frequency-capped
+    ``no_offer`` falls inside the window of the offer sent a few days before, whose decision the
+    next purchase is credited to, so its reward understates ``no_offer``; learnt from, it
+    teaches the models to send offers. The rules apply to any policy alike, so the bandits
+    are compared on the decisions they make."""
     tables = {
         r[0]
         for r in con.execute(

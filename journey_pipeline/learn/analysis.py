@@ -318,8 +318,18 @@ def drift_history_onset(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESH
 
 def drift_episode_open(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> bool:
     """Whether the newest drift check (skipped ones aside) is at or above ``threshold``."""
+    return drift_episode_age(reports_dir, threshold) is not None
+
+
+def drift_episode_age(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> int | None:
+    """Days from the onset of the open drift episode (:func:`drift_onset`) to the newest
+    check's feature day, 0 on the day it is detected; None when the newest check (skipped
+    ones aside) is below ``threshold``, or there is none."""
     checks = read_drift_history(reports_dir).dropna(subset=["drift_share"])
-    return bool(len(checks)) and float(checks["drift_share"].iloc[-1]) >= threshold
+    if not len(checks) or float(checks["drift_share"].iloc[-1]) < threshold:
+        return None
+    newest = pd.Timestamp(checks["current_window"].iloc[-1]).date()
+    return (newest - drift_onset(checks, threshold)).days
 
 
 def daily_model_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:

@@ -298,8 +298,12 @@ def test_duckdb_control_tables_have_who_why_when(warehouse_con):
 
 
 def test_the_policy_explores_more_while_a_drift_episode_is_open(trained_bandit, tmp_path):
-    from journey_pipeline.decide.scoring import DRIFT_EPSILON, exploring_during_drift
-    from journey_pipeline.learn.analysis import drift_episode_open
+    from journey_pipeline.decide.scoring import (
+        DRIFT_EPSILON,
+        DRIFT_EXPLORATION_DAYS,
+        exploring_during_drift,
+    )
+    from journey_pipeline.learn.analysis import drift_episode_age, drift_episode_open
 
     history = tmp_path / "drift_history.parquet"
     contexts = synthetic_contexts(500, seed=4)[MODEL_FEATURES]
@@ -328,4 +332,12 @@ def test_the_policy_explores_more_while_a_drift_episode_is_open(trained_bandit, 
     decided = explorer.decide(contexts)
     assert decided["propensity"].min() >= floor - 1e-12
     checks(0.5, 0.1)  # the newest check is below the threshold: back to the champion itself
+    assert exploring_during_drift(trained_bandit, tmp_path) is trained_bandit
+    assert drift_episode_age(tmp_path) is None
+    # An episode explores for DRIFT_EXPLORATION_DAYS feature days from its onset, then stops.
+    checks(0.1, *[0.5] * DRIFT_EXPLORATION_DAYS)
+    assert drift_episode_age(tmp_path) == DRIFT_EXPLORATION_DAYS - 1
+    assert exploring_during_drift(trained_bandit, tmp_path).epsilon == DRIFT_EPSILON
+    checks(0.1, *[0.5] * (DRIFT_EXPLORATION_DAYS + 1))
+    assert drift_episode_open(tmp_path) and drift_episode_age(tmp_path) == DRIFT_EXPLORATION_DAYS
     assert exploring_during_drift(trained_bandit, tmp_path) is trained_bandit
