@@ -26,10 +26,12 @@ CREATE TABLE IF NOT EXISTS decide.decision_log (
 T0 = dt.datetime(2026, 1, 5, 10, 0, 0)
 
 
-def add_decision(con, decision_id, contact_id, decided_at, action, *, holdout=False, mode="live"):
+def add_decision(
+    con, decision_id, contact_id, decided_at, action, *, holdout=False, mode="live", rules=()
+):
     con.execute(
         "INSERT INTO decide.decision_log VALUES (?, ?, ?, ?, ?, 'cart.abandoned', 'p1', 'm1', ?,"
-        " ?, 0.5, ?, ?, '[]', '[]', NULL)",
+        " ?, 0.5, ?, ?, '[]', ?, ?)",
         [
             decision_id,
             contact_id,
@@ -40,6 +42,8 @@ def add_decision(con, decision_id, contact_id, decided_at, action, *, holdout=Fa
             action,
             holdout,
             json.dumps({"no_offer": 1.0, "offer_a": 2.0, "offer_b": 3.0}),
+            json.dumps(list(rules)),
+            "no_features" if "fallback" in rules else None,
         ],
     )
 
@@ -231,3 +235,19 @@ def test_built_outcomes_feed_the_experiment_analysis(con):
     assert set(result.summary.loc[result.summary["segment_type"] == "cohort", "segment"]) == {
         "opportunity"
     }
+
+
+def test_the_reward_models_learn_only_from_decisions_the_bandit_chose(con):
+    from journey_pipeline.decide.scoring import labelled_decisions
+
+    # Rule-forced decisions: their action was not the bandit's choice.
+    add_decision(con, "D5", "C1", T0 + dt.timedelta(days=2), "no_offer", rules=["frequency_cap"])
+    add_decision(con, "D6", "C6", T0, "no_offer", rules=["ineligible_churned"])
+    add_decision(con, "D7", "C7", T0, "no_offer", rules=["fallback"])
+    add_decision(con, "D8", "C8", T0, "offer_a", rules=["override"])
+    build_outcomes(con, "2026-01-05", "2026-01-07", as_of=T0 + dt.timedelta(days=30))
+    assert {"D5", "D6", "D7", "D8"} <= set(load_outcomes(con)["decision_id"])  # all measured
+    labelled = labelled_decisions(con)
+    # Not the holdout (D2), not a shadow (D3), not a forced action (D5-D8).
+    assert labelled["decision_id"].tolist() == ["D1", "D4"]
+    assert labelled.loc[0, "reward"] == pytest.approx(45.0)
