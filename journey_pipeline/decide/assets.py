@@ -54,7 +54,10 @@ class TrainingAssetConfig(dg.Config):
     )
     validation_days: float = Field(
         default=3.0,
-        description="Latest days of matured decisions held out for validation (the rest trains).",
+        description=(
+            "With crossfit_folds=0: latest days of matured decisions held out for validation "
+            "(the rest trains)."
+        ),
     )
     training_days: float | None = Field(
         default=28.0,
@@ -76,12 +79,12 @@ class TrainingAssetConfig(dg.Config):
         default=1000,
         description="Matured decisions since the drift onset needed to train on them alone.",
     )
-    regime_crossfit_folds: int = Field(
+    crossfit_folds: int = Field(
         default=5,
         description=(
-            "On the decisions since a drift, validate by blocked cross-fitting over this "
-            "many consecutive time blocks, so every decision of the short new regime judges "
-            "the policy once, out of fold; 0 keeps the time split."
+            "Validate by blocked cross-fitting over this many consecutive time blocks: every "
+            "decision of the window judges the policy once, out of fold; 0 validates on the "
+            "latest validation_days instead."
         ),
     )
     num_boost_round: int = Field(default=100, description="LightGBM boosting rounds.")
@@ -127,7 +130,7 @@ def reward_model(
             training_days=config.training_days,
             regime_start=drift_history_onset(settings.reports_dir) if config.since_drift else None,
             min_regime_rows=config.min_regime_decisions,
-            regime_crossfit_folds=config.regime_crossfit_folds,
+            crossfit_folds=config.crossfit_folds,
             num_boost_round=config.num_boost_round,
             seed=config.seed,
         ),

@@ -4,13 +4,12 @@ Training frame (the decision log joined with outcomes, features as of each decis
 ``decision_id, contact_id, decided_at, action, propensity, reward, converted`` plus the
 feature columns (MODEL_FEATURES by default).
 
-Validation is by time: models are fitted on the earlier decisions and judged on the latest
-window (default the last 7 days), as they will be used. When the history is no longer than
-that window (the first retrains after the cold start), the latest half of it validates. After a
-drift, on the new regime's decisions alone, the window is short, so validation is blocked
-cross-fitting instead: each of 5 consecutive time blocks is judged by the models fitted on the
-other four, and every decision of the regime is judged once, out of fold
-(:func:`validation_folds`). Reported:
+Validation is blocked cross-fitting (:func:`validation_folds`): the window is cut by time into
+5 consecutive blocks, each judged by models fitted on the other four, so every decision is
+judged once, out of fold, and the off-policy comparison with the champion has all of them
+rather than the latest few days, which the champion logged with little exploration. With
+``crossfit_folds=0`` the latest ``validation_days`` validate instead (when the history is no
+longer than that, its latest half). Reported:
 
 - per action a LightGBM conversion classifier: AUC, log loss and expected calibration error
   (ECE), pooled over actions (``auc``, ``log_loss``, ``ece``) and per action;
@@ -193,6 +192,9 @@ class TrainingConfig:
 
     actions: tuple[str, ...] = tuple(ACTION_NAMES)
     features: tuple[str, ...] = tuple(MODEL_FEATURES)
+    # Validation: blocked cross-fitting over ``crossfit_folds`` consecutive time blocks (see
+    # validation_folds); 0 validates on the latest ``validation_days`` instead.
+    crossfit_folds: int = 5
     validation_days: float = 7.0
     # Sliding window: only decisions taken in the last ``training_days`` days before the newest
     # one train and validate (customers and the effect of offers change); None keeps them all.
@@ -203,9 +205,6 @@ class TrainingConfig:
     # With fewer, the whole window trains (there is nothing else to learn from yet).
     regime_start: date | datetime | None = None
     min_regime_rows: int = 1000
-    # On a regime's window the policy is validated by blocked cross-fitting over this many
-    # time blocks (see validation_folds); 0 keeps the time split there too.
-    regime_crossfit_folds: int = 5
     num_boost_round: int = 100
     seed: int = 0
     bandit_options: dict[str, Any] = field(default_factory=lambda: {"min_observations": 200})
@@ -216,11 +215,11 @@ class TrainingConfig:
         params: dict[str, Any] = {
             "actions": ",".join(self.actions),
             "n_features": len(self.features),
+            "crossfit_folds": self.crossfit_folds,
             "validation_days": self.validation_days,
             "training_days": self.training_days if self.training_days is not None else "all",
             "regime_start": str(self.regime_start) if self.regime_start is not None else "none",
             "min_regime_rows": self.min_regime_rows,
-            "regime_crossfit_folds": self.regime_crossfit_folds,
             "num_boost_round": self.num_boost_round,
             "seed": self.seed,
             "min_validation_rows": self.min_validation_rows,
@@ -439,29 +438,23 @@ def evaluate_policy(
 
 def regime_window(
     frame: pd.DataFrame, regime_start: date | datetime | None, min_rows: int
-) -> tuple[pd.DataFrame, str, bool]:
+) -> tuple[pd.DataFrame, str]:
     """The rows of the current regime: those decided on or after ``regime_start`` when there
-    are at least ``min_rows`` of them, else all rows. Out: the rows, a one-line account of
-    the choice (logged with the data window) and whether the window is the regime's alone."""
+    are at least ``min_rows`` of them, else all rows. Out: the rows and a one-line account
+    of the choice (logged with the data window)."""
     if regime_start is None or frame.empty:
-        return frame, "no drift detected: the whole window", False
+        return frame, "no drift detected: the whole window"
     start = pd.Timestamp(regime_start)
     start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     since = (pd.to_datetime(frame["decided_at"], utc=True) >= start).to_numpy()
     n_since = int(since.sum())
     if n_since < min_rows:
-        return (
-            frame,
-            (
-                f"drift since {start.date()}: {n_since} decisions since, fewer than {min_rows}, "
-                "so the whole window"
-            ),
-            False,
+        return frame, (
+            f"drift since {start.date()}: {n_since} decisions since, fewer than {min_rows}, "
+            "so the whole window"
         )
-    return (
-        frame[since].reset_index(drop=True),
-        (f"drift since {start.date()}: {n_since} decisions since, of {len(frame)} in the window"),
-        True,
+    return frame[since].reset_index(drop=True), (
+        f"drift since {start.date()}: {n_since} decisions since, of {len(frame)} in the window"
     )
 
 
@@ -472,9 +465,12 @@ def validation_folds(
 
     - ``crossfit_folds`` >= 2: blocked cross-fitting. The frame is cut by time into that many
       consecutive blocks of equal size; each block validates the models fitted on the others,
-      so every row is judged once, out of fold. Used on a regime's window after a drift,
-      which is short: a time split would fit the judged policy on a few days and judge it on
-      a few hundred decisions, while the deployed one learns from all of them.
+      so every row is judged once, out of fold. A time split judges the policy on the latest
+      days alone, logged by the current champion, which explores little: off-policy values
+      of a policy that differs from it rest on a few heavily weighted decisions. Cross-fitted,
+      every decision of the window judges, the early ones often logged under more
+      exploration, and the judged models learn from most of the window, as the deployed one
+      does. After a drift the regime's window is short, which a time split would cut further.
     - otherwise one time split (:func:`time_split`) at ``validation_days`` before the newest
       decision; when that leaves fewer than ``min_rows`` to train (a history no longer than
       the window: the first retrains after the cold start), the latest half validates.
@@ -536,11 +532,11 @@ def train_reward_models(
         decided = pd.to_datetime(frame["decided_at"], utc=True)
         since = decided.max() - pd.Timedelta(days=config.training_days)
         frame = frame[(decided >= since).to_numpy()].reset_index(drop=True)
-    frame, regime, in_regime = regime_window(frame, config.regime_start, config.min_regime_rows)
+    frame, regime = regime_window(frame, config.regime_start, config.min_regime_rows)
     folds, validation_days, scheme = validation_folds(
         frame,
         config.validation_days,
-        crossfit_folds=config.regime_crossfit_folds if in_regime else 0,
+        crossfit_folds=config.crossfit_folds,
         min_rows=config.min_validation_rows,
     )
 

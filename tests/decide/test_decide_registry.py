@@ -82,11 +82,12 @@ def results():
     return good, worse
 
 
-def test_training_metrics_and_time_split(results):
+def test_training_metrics_cross_fitted_on_every_decision(results):
     good, worse = results
     window = good.data_window
-    assert window["train_end"] < window["valid_start"]
-    assert window["n_valid"] > 0.15 * (window["n_train"] + window["n_valid"])
+    assert window["validation"] == "cross-fitted over 5 consecutive time blocks"
+    assert window["n_valid"] == window["n_rows"] == 5_000
+    assert window["n_train"] == 4_000  # each fold's models learn from the other four blocks
     assert good.metrics["auc"] > 0.6 and good.metrics["ece"] < 0.1
     assert good.metrics["ope_ci_low"] <= good.metrics["ope_value"] <= good.metrics["ope_ci_high"]
     # A policy that learnt the effects is worth more than the uniform logging policy.
@@ -116,7 +117,7 @@ def test_training_days_keeps_only_the_latest_decisions():
     )
     window = result.data_window
     kept = decided >= decided.max() - pd.Timedelta(days=14)
-    assert window["n_train"] + window["n_valid"] == int(kept.sum())
+    assert window["n_rows"] == window["n_valid"] == int(kept.sum())
     assert pd.Timestamp(window["train_start"]) >= decided.max() - pd.Timedelta(days=14)
     assert result.params()["training_days"] == 14.0
 
@@ -147,7 +148,7 @@ def test_after_a_drift_only_the_new_regime_trains_once_it_has_enough_decisions()
     thin = train_reward_models(
         frame, replace(config, regime_start=onset.to_pydatetime(), min_regime_rows=10_000)
     )
-    assert thin.data_window["n_train"] + thin.data_window["n_valid"] == len(frame)
+    assert thin.data_window["n_rows"] == len(frame)
     assert "fewer than 10000, so the whole window" in thin.data_window["regime"]
 
     # Judged on the new regime's truth, the policy trained on it alone earns more.
@@ -190,9 +191,7 @@ def test_on_a_short_regime_cross_fitting_gives_the_gate_a_tighter_paired_uplift(
     champion = train_reward_models(frame[~after].reset_index(drop=True), config).bandit
     config = replace(config, regime_start=onset.to_pydatetime())
     crossfit = train_reward_models(frame, config, champion=champion).metrics
-    split = train_reward_models(
-        frame, replace(config, regime_crossfit_folds=0), champion=champion
-    ).metrics
+    split = train_reward_models(frame, replace(config, crossfit_folds=0), champion=champion).metrics
     assert crossfit["n_valid"] == int(after.sum()) > 2 * split["n_valid"]
 
     def width(metrics) -> float:
@@ -208,7 +207,9 @@ def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_ha
     start = pd.Timestamp("2026-01-01")
     # Squeeze four weeks of decisions into four days, as after a 7-day cold start.
     frame["decided_at"] = start + (frame["decided_at"] - start) / 7
-    result = train_reward_models(frame, TrainingConfig(validation_days=7.0, num_boost_round=20))
+    result = train_reward_models(
+        frame, TrainingConfig(crossfit_folds=0, validation_days=7.0, num_boost_round=20)
+    )
     window = result.data_window
     assert window["validation_days"] == pytest.approx(2.0, abs=0.01)
     assert window["train_end"] < window["valid_start"]
