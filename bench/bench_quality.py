@@ -178,6 +178,7 @@ def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str,
                 seed=seed,
             ),
             champion=champion,
+            champion_trained_until=registry.trained_until(champion_version, settings),
         )
         run = registry.log_training_run(result, settings, run_name="bench_quality retrain")
     except Exception as exc:  # noqa: BLE001 - recorded and printed, as a failed Dagster run

@@ -135,6 +135,7 @@ def reward_model(
             seed=config.seed,
         ),
         champion=champion,
+        champion_trained_until=registry.trained_until(champion_version, settings),
     )
     run = registry.log_training_run(result, settings, run_name=f"retrain {context.run_id[:8]}")
     metrics = {k: float(v) for k, v in result.metrics.items() if v is not None}

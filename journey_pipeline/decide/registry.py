@@ -214,6 +214,15 @@ def _validation_window(
     return (start, end) if start and end else None
 
 
+def trained_until(version: str | int | None, settings: Settings | None = None) -> str | None:
+    """The newest decision a registered version learnt from: the end of its training run's
+    data window (the deployed bandit is refitted on every decision of it); None when unknown."""
+    if version is None:
+        return None
+    window = _validation_window(str(version), settings)
+    return window[1] if window else None
+
+
 def _metrics_of(
     candidate: Mapping[str, float] | str | int | None, settings: Settings | None
 ) -> dict[str, float] | None:
@@ -297,6 +306,16 @@ def gate(
             or loss <= their_loss + t.max_log_loss_increase,
         )
         uplift, uplift_low = mine.get("ope_uplift_vs_champion"), mine.get("ope_uplift_ci_low")
+        if "champion_comparison_rows" in mine:
+            # Compared on the decisions the champion did not learn from (see
+            # reward_model.train_reward_models): too few, and there is no fair comparison yet.
+            n = mine["champion_comparison_rows"]
+            check(
+                "decisions the champion did not learn from",
+                n,
+                t.min_validation_rows,
+                n >= t.min_validation_rows,
+            )
         if uplift is not None and uplift_low is not None and math.isfinite(uplift_low):
             # The paired difference on the same decisions: the fair comparison (see
             # reward_model.snips_difference).
@@ -304,7 +323,7 @@ def gate(
             allowed = allowed if math.isfinite(allowed) else 0.0
             check("ope uplift vs champion (paired)", uplift, 0.0, uplift > 0.0)
             check("ope uplift lower bound", uplift_low, allowed, uplift_low >= allowed)
-        else:
+        elif "champion_comparison_rows" not in mine:
             # Versions trained before the paired estimate: compare the two intervals' lower
             # bounds, with the champion valued on the same window when that was measured.
             reference_low = mine.get("champion_ope_ci_low", theirs.get("ope_ci_low", nan))

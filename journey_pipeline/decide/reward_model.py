@@ -506,12 +506,15 @@ def train_reward_models(
     config: TrainingConfig | None = None,
     *,
     champion: ContextualBandit | None = None,
+    champion_trained_until: date | datetime | str | None = None,
     estimator: PolicyValueEstimator | None = None,
 ) -> TrainingResult:
     """Train and validate the reward models and the bandit from a training frame.
 
     In: the training frame (see module docstring), a config, optionally the current champion's
-    bandit (valued on the same validation window) and an injected OPE estimator
+    bandit and the newest decision it learnt from (``champion_trained_until``; both policies
+    are then compared on the validation decisions after it only, as a model judged on its
+    own training rows looks better than it is) and an injected OPE estimator
     ``(rewards, logged_propensities, target_propensities) -> obj with value, ci_low,
     ci_high``. Out: a :class:`TrainingResult`. ValueError when the frame lacks columns or
     the validation window has too few rows.
@@ -623,28 +626,36 @@ def train_reward_models(
         }
     )
     if champion is not None:
-        champion_target = logged_action_probabilities(champion, valid, features)
-        champion_estimate = evaluate_policy(valid, champion_target, estimator)
-        metrics.update(
-            {
-                "champion_ope_value": champion_estimate.value,
-                "champion_ope_ci_low": champion_estimate.ci_low,
-                "champion_ope_ci_high": champion_estimate.ci_high,
-            }
-        )
-        uplift = snips_difference(
-            valid["reward"].to_numpy(dtype=np.float64),
-            valid["propensity"].to_numpy(dtype=np.float64),
-            holdout_target,
-            champion_target,
-        )
-        metrics.update(
-            {
-                "ope_uplift_vs_champion": uplift.value,
-                "ope_uplift_ci_low": uplift.ci_low,
-                "ope_uplift_ci_high": uplift.ci_high,
-            }
-        )
+        unseen = np.ones(len(valid), dtype=bool)
+        if champion_trained_until is not None:
+            until = pd.Timestamp(champion_trained_until)
+            until = until.tz_localize("UTC") if until.tzinfo is None else until.tz_convert("UTC")
+            unseen = (pd.to_datetime(valid["decided_at"], utc=True) > until).to_numpy()
+        metrics["champion_comparison_rows"] = float(unseen.sum())
+        if unseen.sum() >= config.min_validation_rows:
+            rows = valid[unseen]
+            champion_target = logged_action_probabilities(champion, rows, features)
+            champion_estimate = evaluate_policy(rows, champion_target, estimator)
+            metrics.update(
+                {
+                    "champion_ope_value": champion_estimate.value,
+                    "champion_ope_ci_low": champion_estimate.ci_low,
+                    "champion_ope_ci_high": champion_estimate.ci_high,
+                }
+            )
+            uplift = snips_difference(
+                rows["reward"].to_numpy(dtype=np.float64),
+                rows["propensity"].to_numpy(dtype=np.float64),
+                holdout_target[unseen],
+                champion_target,
+            )
+            metrics.update(
+                {
+                    "ope_uplift_vs_champion": uplift.value,
+                    "ope_uplift_ci_low": uplift.ci_low,
+                    "ope_uplift_ci_high": uplift.ci_high,
+                }
+            )
 
     bandit = ContextualBandit(list(config.actions), seed=config.seed, **bandit_options)
     bandit.update(frame[features], frame["action"], frame["propensity"], frame["reward"])

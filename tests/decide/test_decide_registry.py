@@ -13,8 +13,10 @@ from mlflow.tracking import MlflowClient
 from journey_pipeline.decide import registry
 from journey_pipeline.decide.reward_model import (
     TrainingConfig,
+    evaluate_policy,
     expected_calibration_error,
     log_loss,
+    logged_action_probabilities,
     roc_auc,
     snips_difference,
     snips_estimate,
@@ -200,6 +202,42 @@ def test_on_a_short_regime_cross_fitting_gives_the_gate_a_tighter_paired_uplift(
     assert width(crossfit) < 0.85 * width(split)
     # The policy of the new regime beats the old champion, with confidence.
     assert crossfit["ope_uplift_ci_low"] > 0.0
+
+
+def test_the_champion_is_compared_on_the_decisions_it_did_not_learn_from():
+    frame = synthetic_training_frame(6_000, seed=9)
+    config = TrainingConfig(num_boost_round=20)
+    first = frame[frame["decided_at"] < pd.Timestamp("2026-01-15")].reset_index(drop=True)
+    champion = train_reward_models(first, config)
+    until = first["decided_at"].max()
+    later = frame[frame["decided_at"] > until]
+
+    def value(rows) -> float:
+        probabilities = logged_action_probabilities(champion.bandit, rows, MODEL_FEATURES)
+        return evaluate_policy(rows, probabilities).value
+
+    # Valued on its own training decisions the champion looks far better than on new ones.
+    assert value(first) > value(later) + 2.0
+    fair = train_reward_models(
+        frame, config, champion=champion.bandit, champion_trained_until=until
+    )
+    blind = train_reward_models(frame, config, champion=champion.bandit)
+    assert fair.metrics["champion_comparison_rows"] == len(later)
+    assert blind.metrics["champion_comparison_rows"] == len(frame)
+    assert fair.metrics["champion_ope_value"] == pytest.approx(value(later))
+    # The challenger learnt from twice the data: better on fair terms, worse on the blind ones.
+    assert blind.metrics["ope_uplift_vs_champion"] < 0 < fair.metrics["ope_uplift_vs_champion"]
+    # A champion that learnt from every decision: no fair comparison yet, and the gate says so.
+    newest = frame["decided_at"].max()
+    none = train_reward_models(
+        frame, config, champion=champion.bandit, champion_trained_until=newest
+    )
+    assert none.metrics["champion_comparison_rows"] == 0
+    assert "ope_uplift_vs_champion" not in none.metrics
+    verdict = registry.gate(none.metrics, champion.metrics)
+    assert verdict.reasons == [
+        "decisions the champion did not learn from: challenger 0.0000, needs 50"
+    ]
 
 
 def test_a_history_shorter_than_the_validation_window_validates_on_its_latest_half():
