@@ -163,22 +163,17 @@ FROM learn.outcomes o
 JOIN decide.decision_log d USING (decision_id)
 WHERE o.matured AND NOT o.holdout AND o.reward IS NOT NULL
   AND d.mode = 'live' AND d.fallback_reason IS NULL
-  AND coalesce(json_array_length(d.rules_applied), 0) = 0
 ORDER BY o.decided_at, o.decision_id
 """
 
 
 def labelled_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Matured live decisions the bandit chose, with their observed reward: the rows a reward
-    model may learn from and be evaluated on.
+    """Matured live decisions chosen by the policy (not the holdout, not a fallback) with
+    their observed reward: the rows a reward model may learn from and be evaluated on.
 
-    Left out are the decisions a business rule took (holdout, fallback, frequency cap,
-    churned, override, kill switch): their action was forced, not chosen, and their reward
-    says little about that action for a contact the bandit would decide for. A frequency-capped
-    ``no_offer`` falls inside the window of the offer sent a few days before, whose decision the
-    next purchase is credited to, so its reward understates ``no_offer``; learnt from, it
-    teaches the models to send offers. The rules apply to any policy alike, so the bandits
-    are compared on the decisions they make."""
+    Decisions a business rule forced (frequency cap, churned) stay in: left out, the first
+    models, trained on a few thousand decisions, sent no offer to most contacts and the loop
+    earned less (see the README's decision-quality section)."""
     tables = {
         r[0]
         for r in con.execute(
