@@ -277,6 +277,11 @@ def gate(
     auc, ece = mine.get("auc", nan), mine.get("ece", nan)
     check("auc above chance", auc, 0.5 + t.min_auc_margin, auc > 0.5 + t.min_auc_margin)
     check("calibration (ece)", ece, t.max_ece, ece <= t.max_ece)
+    if mine.get("regime_only") == 0.0:
+        # A drift was detected and too few of its decisions had matured to learn from them
+        # alone: the model knows the old customers, and its comparison with the champion
+        # rests on them too.
+        check("learnt from the regime since the drift", 0.0, 1.0, False)
     n_valid = mine.get("n_valid", 0.0)
     check("validation rows", n_valid, t.min_validation_rows, n_valid >= t.min_validation_rows)
     if "logged_policy_value" in mine:

@@ -438,24 +438,26 @@ def evaluate_policy(
 
 def regime_window(
     frame: pd.DataFrame, regime_start: date | datetime | None, min_rows: int
-) -> tuple[pd.DataFrame, str]:
+) -> tuple[pd.DataFrame, str, bool]:
     """The rows of the current regime: those decided on or after ``regime_start`` when there
-    are at least ``min_rows`` of them, else all rows. Out: the rows and a one-line account
-    of the choice (logged with the data window)."""
+    are at least ``min_rows`` of them, else all rows. Out: the rows, a one-line account of the
+    choice (logged with the data window) and whether the rows are the regime's alone."""
     if regime_start is None or frame.empty:
-        return frame, "no drift detected: the whole window"
+        return frame, "no drift detected: the whole window", False
     start = pd.Timestamp(regime_start)
     start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     since = (pd.to_datetime(frame["decided_at"], utc=True) >= start).to_numpy()
     n_since = int(since.sum())
     if n_since < min_rows:
-        return frame, (
+        account = (
             f"drift since {start.date()}: {n_since} decisions since, fewer than {min_rows}, "
             "so the whole window"
         )
-    return frame[since].reset_index(drop=True), (
+        return frame, account, False
+    account = (
         f"drift since {start.date()}: {n_since} decisions since, of {len(frame)} in the window"
     )
+    return frame[since].reset_index(drop=True), account, True
 
 
 def validation_folds(
@@ -535,7 +537,10 @@ def train_reward_models(
         decided = pd.to_datetime(frame["decided_at"], utc=True)
         since = decided.max() - pd.Timedelta(days=config.training_days)
         frame = frame[(decided >= since).to_numpy()].reset_index(drop=True)
-    frame, regime = regime_window(frame, config.regime_start, config.min_regime_rows)
+    frame, regime, in_regime = regime_window(frame, config.regime_start, config.min_regime_rows)
+    # After a detected drift: whether this model learnt from the new regime alone (the gate
+    # does not promote one that could not, see registry.gate).
+    regime_only = {"regime_only": float(in_regime)} if config.regime_start is not None else {}
     folds, validation_days, scheme = validation_folds(
         frame,
         config.validation_days,
@@ -616,6 +621,7 @@ def train_reward_models(
         "n_train": n_train,
         "n_valid": float(len(valid)),
         "logged_policy_value": float(valid["reward"].mean()),
+        **regime_only,
     }
     estimate = evaluate_policy(valid, holdout_target, estimator)
     metrics.update(

@@ -152,6 +152,14 @@ def test_after_a_drift_only_the_new_regime_trains_once_it_has_enough_decisions()
     )
     assert thin.data_window["n_rows"] == len(frame)
     assert "fewer than 10000, so the whole window" in thin.data_window["regime"]
+    # The gate does not promote a model that could not learn the new regime.
+    assert (regime.metrics["regime_only"], thin.metrics["regime_only"]) == (1.0, 0.0)
+    assert "regime_only" not in mixed.metrics
+    assert registry.gate(regime.metrics).passed
+    refused = registry.gate(thin.metrics)
+    assert refused.reasons == [
+        "learnt from the regime since the drift: challenger 0.0000, needs 1.0000"
+    ]
 
     # Judged on the new regime's truth, the policy trained on it alone earns more.
     fresh = synthetic_contexts(20_000, seed=99)
