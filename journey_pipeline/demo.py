@@ -281,22 +281,18 @@ def render_margins(summary: dict[str, Any]) -> Table | None:
 
 def render_weekly(summary: dict[str, Any]) -> Table | None:
     """The policy's share of the oracle week by week, beside the best static action's, with
-    the model versions that decided (:func:`journey_pipeline.learn.regret.weekly_shares`), or
+    the model versions that decided (:func:`journey_pipeline.demo_report.weekly_rows`), or
     None when nothing could be evaluated yet."""
-    weeks = summary.get("weekly") or []
-    if not weeks:
+    from journey_pipeline.demo_report import weekly_rows
+
+    rows = weekly_rows(summary.get("weekly") or [])
+    if not rows:
         return None
     table = Table(title="share of the oracle's incremental margin, week by week")
-    for column in ("days", "decisions", "policy", "best static", "models"):
-        table.add_column(column, justify="right" if column in ("decisions",) else "left")
-    for week in weeks:
-        table.add_row(
-            f"{week['first_day']} .. {week['last_day']}",
-            f"{week['decisions']:,}",
-            "-" if week["share"] is None else f"{100 * week['share']:.1f}%",
-            "-" if week["best_static_share"] is None else f"{100 * week['best_static_share']:.1f}%",
-            ", ".join(week["models"]),
-        )
+    for column in rows[0]:
+        table.add_column(column, justify="right" if column == "decisions" else "left")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row.values()))
     return table
 
 

@@ -252,7 +252,7 @@ def margin_rows(regret: dict[str, Any]) -> list[dict[str, Any]]:
     return _clean(rows)
 
 
-def weekly_rows(regret: dict[str, Any]) -> list[dict[str, Any]]:
+def weekly_rows(weeks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The week-by-week shares of the oracle (:func:`journey_pipeline.learn.regret.weekly_shares`)
     as display rows: days, decisions, policy, best static, models."""
     return [
@@ -263,7 +263,7 @@ def weekly_rows(regret: dict[str, Any]) -> list[dict[str, Any]]:
             "best static": _share(week["best_static_share"]),
             "models": ", ".join(week["models"]),
         }
-        for week in (regret.get("expected") or {}).get("weekly", [])
+        for week in weeks
     ]
 
 
@@ -542,7 +542,8 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
         for row in data.get("margins", [])
     ]
     retrains = data.get("retrains", [])
-    weeks = weekly_rows(data)
+    weeks = weekly_rows((data.get("expected") or {}).get("weekly", []))
+    missing = f"<p class='missing'>{html.escape(regret_missing)}</p>"
     # "</" would end the script element early; JSON reads "<\/" back as "</".
     embedded = json.dumps(data, sort_keys=True).replace("</", "<\\/")
     total_decisions = sum(sum(v.values()) for v in data.get("decisions_by_action", {}).values())
@@ -561,7 +562,7 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
         "the holdout's.</p>",
         _table(margins, ["policy", "incremental_margin", "share_of_oracle", "decisions", "basis"])
         if margins
-        else f"<p class='missing'>{html.escape(regret_missing)}</p>",
+        else missing,
         "<h2>Week by week</h2>",
         "<p class='note'>The policy's share of the oracle's incremental margin per 7 days of "
         "applied decisions, beside the best static action's on the same decisions, and the "
@@ -569,7 +570,7 @@ def render_html(data: dict[str, Any], images: dict[str, bytes | None]) -> str:
         "retrain.</p>",
         _table(weeks, ["days", "decisions", "policy", "best static", "models"])
         if weeks
-        else f"<p class='missing'>{html.escape(regret_missing)}</p>",
+        else missing,
         "<h2>Realised incremental margin against the holdout</h2>",
         "<p class='note'>Cumulative over decision dates: the policy's matured rewards minus "
         "as many times the holdout's mean reward (pooled up to that day). Outcomes mature "

@@ -23,6 +23,7 @@ The deployable bandit is then refitted on all rows (the latest data matters most
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -436,6 +437,12 @@ def evaluate_policy(
     return PolicyValueEstimate(float(est.value), float(est.ci_low), float(est.ci_high))
 
 
+def _utc(moment: date | datetime | str) -> pd.Timestamp:
+    """``moment`` as a UTC timestamp (a naive one is taken to be UTC, as decision times are)."""
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def regime_window(
     frame: pd.DataFrame, regime_start: date | datetime | None, min_rows: int
 ) -> tuple[pd.DataFrame, str, bool]:
@@ -444,8 +451,7 @@ def regime_window(
     choice (logged with the data window) and whether the rows are the regime's alone."""
     if regime_start is None or frame.empty:
         return frame, "no drift detected: the whole window", False
-    start = pd.Timestamp(regime_start)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    start = _utc(regime_start)
     since = (pd.to_datetime(frame["decided_at"], utc=True) >= start).to_numpy()
     n_since = int(since.sum())
     if n_since < min_rows:
@@ -634,8 +640,7 @@ def train_reward_models(
     if champion is not None:
         unseen = np.ones(len(valid), dtype=bool)
         if champion_trained_until is not None:
-            until = pd.Timestamp(champion_trained_until)
-            until = until.tz_localize("UTC") if until.tzinfo is None else until.tz_convert("UTC")
+            until = _utc(champion_trained_until)
             unseen = (pd.to_datetime(valid["decided_at"], utc=True) > until).to_numpy()
         metrics["champion_comparison_rows"] = float(unseen.sum())
         if unseen.sum() >= config.min_validation_rows:
@@ -669,7 +674,8 @@ def train_reward_models(
     def stamp(rows: pd.DataFrame, how: str) -> str:
         return str(pd.to_datetime(rows["decided_at"]).agg(how))
 
-    train = pd.concat([train for train, _ in folds]).drop_duplicates("decision_id")
+    # The rows any fold trained on: the whole window when cross-fitted.
+    train = frame.loc[functools.reduce(pd.Index.union, (train.index for train, _ in folds))]
     data_window = {
         "train_start": stamp(train, "min"),
         "train_end": stamp(train, "max"),
