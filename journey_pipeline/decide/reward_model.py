@@ -415,18 +415,10 @@ def _predict(model: lgb.Booster | None, features: np.ndarray, fallback: float) -
 def logged_action_probabilities(
     bandit: ContextualBandit, logged: pd.DataFrame, features: Sequence[str]
 ) -> np.ndarray:
-    """The bandit's exact probability of each logged decision's action, as deployed: where a
-    business rule forced the action (``forced``, when the frame has it), any policy under
-    the same rules takes it, with probability 1. Valued by the model's own probability
-    instead, those decisions would set policies apart on rows where they cannot differ, and
-    by the rewards of rule-forced actions, which are biased (a frequency-capped
-    ``no_offer`` loses the purchases the earlier offer is credited with)."""
+    """The bandit's exact probability of each logged decision's action."""
     probabilities = bandit.action_probabilities(logged[list(features)])
     codes = probabilities.columns.get_indexer(logged["action"])
-    target = probabilities.to_numpy()[np.arange(len(logged)), codes]
-    if "forced" in logged:
-        target = np.where(logged["forced"].fillna(False).to_numpy(dtype=bool), 1.0, target)
-    return target
+    return probabilities.to_numpy()[np.arange(len(logged)), codes]
 
 
 def evaluate_policy(

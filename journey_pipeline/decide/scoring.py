@@ -158,8 +158,7 @@ def score_day(
 
 _LABELLED_SQL = """
 SELECT o.decision_id, o.contact_id, o.decided_at, o.action, o.propensity, o.reward,
-       o.converted, o.revenue,
-       coalesce(json_array_length(d.rules_applied), 0) > 0 AS forced
+       o.converted, o.revenue
 FROM learn.outcomes o
 JOIN decide.decision_log d USING (decision_id)
 WHERE o.matured AND NOT o.holdout AND o.reward IS NOT NULL
@@ -174,9 +173,7 @@ def labelled_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
     Decisions a business rule forced (frequency cap, churned) stay in: left out, the first
     models, trained on a few thousand decisions, sent no offer to most contacts and the loop
-    earned less (see the README's decision-quality section). ``forced`` marks them: the
-    off-policy comparison of two policies gives both the forced action, as the rules would
-    (see ``reward_model.logged_action_probabilities``)."""
+    earned less (see the README's decision-quality section)."""
     tables = {
         r[0]
         for r in con.execute(
@@ -184,5 +181,5 @@ def labelled_decisions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         ).fetchall()
     }
     if not {"learn.outcomes", "decide.decision_log"} <= tables:
-        return pd.DataFrame(columns=[*TRAINING_COLUMNS, "revenue", "forced"])
+        return pd.DataFrame(columns=[*TRAINING_COLUMNS, "revenue"])
     return con.execute(_LABELLED_SQL).df()

@@ -212,20 +212,6 @@ def test_on_a_short_regime_cross_fitting_gives_the_gate_a_tighter_paired_uplift(
     assert crossfit["ope_uplift_ci_low"] > 0.0
 
 
-def test_decisions_a_rule_forced_are_taken_by_every_policy_under_comparison():
-    frame = synthetic_training_frame(4_000, seed=12)
-    result = train_reward_models(frame, TrainingConfig(num_boost_round=20))
-    # A frequency cap forced no_offer on every fifth decision, logged with propensity 1.
-    forced = np.arange(len(frame)) % 5 == 0
-    capped = frame.assign(forced=forced)
-    capped.loc[forced, ["action", "propensity"]] = ["no_offer", 1.0]
-    own = logged_action_probabilities(result.bandit, capped.drop(columns="forced"), MODEL_FEATURES)
-    deployed = logged_action_probabilities(result.bandit, capped, MODEL_FEATURES)
-    # Under the same rules any policy takes the forced action; elsewhere its own probability.
-    assert (deployed[forced] == 1.0).all() and (own[forced] < 1.0).all()
-    assert np.array_equal(deployed[~forced], own[~forced])
-
-
 def test_the_champion_is_compared_on_the_decisions_it_did_not_learn_from():
     frame = synthetic_training_frame(6_000, seed=9)
     config = TrainingConfig(num_boost_round=20)

@@ -246,5 +246,4 @@ def test_the_reward_models_learn_from_live_matured_decisions_of_the_policy(con):
     labelled = labelled_decisions(con)
     # Not the holdout (D2), not a shadow (D3), not a fallback (D7); a rule-forced one (D5) stays.
     assert labelled["decision_id"].tolist() == ["D1", "D4", "D5"]
-    assert labelled["forced"].tolist() == [False, False, True]
     assert labelled.loc[0, "reward"] == pytest.approx(45.0)
