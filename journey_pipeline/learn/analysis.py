@@ -316,11 +316,6 @@ def drift_history_onset(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESH
     return drift_onset(read_drift_history(reports_dir), threshold)
 
 
-def drift_episode_open(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> bool:
-    """Whether the newest drift check (skipped ones aside) is at or above ``threshold``."""
-    return drift_episode_age(reports_dir, threshold) is not None
-
-
 def drift_episode_age(reports_dir: Path, threshold: float = DRIFT_SHARE_THRESHOLD) -> int | None:
     """Days from the onset of the open drift episode (:func:`drift_onset`) to the newest
     check's feature day, 0 on the day it is detected; None when the newest check (skipped
