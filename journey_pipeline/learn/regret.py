@@ -32,14 +32,15 @@ of the applied tasks are checked against the world's own log and a mismatch is a
 
 Known limit of the oracle, and how it is checked
 ------------------------------------------------
-The oracle values every action as a task applied on the day, which freezes the contact's
-purchase schedule for the window. Only offers become CRM tasks: a ``no_offer`` decision (and
-the holdout) opens no window, so the world keeps simulating that contact from its live state
-(a new cart abandonment boosts it again), and a contact still inside an earlier offer's window
-(frequency cap) keeps that window. For those decisions the oracle's value is not the world's
-expectation. :func:`oracle_calibration` measures the gap per group of matured decisions
-(realised reward against the oracle's value of the action taken), so a report can say how
-far its yardstick is off.
+The oracle values every action as a window opened on the application day, which freezes the
+contact's purchase schedule from its state then. Only offers become CRM tasks; a ``no_offer``
+decision (the holdout, a capped contact) is valued as the window its trigger opens, with an
+offer the contact still holds working to the end of its own window, which is what the world
+does. What the oracle cannot see is a later trigger: a cart abandoned inside the window
+restarts it from the new state, and the decision's realised reward then includes that
+boost, whatever the action. :func:`oracle_calibration` measures the gap per group of matured
+decisions (realised reward against the oracle's value of the action taken), so a report can
+say how far its yardstick is off.
 
 Realised outcomes, for honesty
 ------------------------------
@@ -618,8 +619,8 @@ def oracle_calibration(decisions: pd.DataFrame, outcomes: pd.DataFrame) -> pd.Da
     ``decisions``, ``realised`` and ``oracle`` (mean per decision), ``gap`` (realised -
     oracle), ``se`` (standard error of the realised mean) and ``z`` (gap / se). A gap many
     standard errors from 0 means the oracle is not the world's expectation for that group
-    (for instance decisions that open no CRM task, whose contacts the world keeps simulating
-    from their live state rather than from the schedule frozen on the application day).
+    (for instance contacts who trigger again, and so restart their window, more often than
+    others).
     """
     matured = outcomes.loc[
         outcomes["matured"].astype(bool) & outcomes["reward"].notna(), ["decision_id", "reward"]

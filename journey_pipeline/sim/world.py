@@ -31,13 +31,14 @@ lovers through a referral, most contacts put off by offers found the shop organi
 
 A day (:meth:`World.step`)
 --------------------------
-1. Decision windows open. A contact triggered yesterday (see below) that is not inside a
-   window gets a 7-day *decision window* starting today with no offer: its purchase schedule
-   is frozen, as for a decision that sent nothing (the holdout, ``no_offer``). Then open CRM
-   tasks created before the end of the day are applied (status ``applied``; tasks whose
-   contact was erased or whose action is unknown become ``skipped``). Each applied task opens
-   a window with its offer, replacing the contact's current one. A trigger inside a window
-   opens none: the window runs to its end.
+1. Decision windows open. A contact triggered yesterday (see below) gets a 7-day *decision
+   window* starting today with no new offer: its purchase schedule is frozen from its state
+   now, as for a decision that sent nothing (the holdout, ``no_offer``). A contact triggered
+   inside an earlier offer's window keeps that offer: it works to the end of its own window
+   and is still the one a purchase redeems. Then open CRM tasks created before the end of the
+   day are applied (status ``applied``; tasks whose contact was erased or whose action is
+   unknown become ``skipped``). Each applied offer opens a window with its offer, replacing
+   the contact's current one; a ``no_offer`` task takes nothing back, like a trigger.
 2. Erasure requests (``contact.deleted``, 0.03% of contacts a day), new contacts
    (``contact.created``, 0.2% of the initial population a day; more after drift).
 3. Lifecycle: subscriber -> lead -> mql -> sql -> opportunity (by daily transition
@@ -81,9 +82,10 @@ the action's fixed cost (``journey_pipeline.actions``): a sum over the frozen sc
 the delivery delay and the daily erasure probability integrated out. It uses the contact's
 state as it is now (stage, last cart); for the day about to be simulated
 (``day == world.day``) it is exactly the value of a task applied in the next step, and, for
-``no_offer``, exactly the value of the window a trigger opens without a task. It is not exact
-for a contact already inside a window (a second trigger within 7 days, or the frequency cap):
-that window runs on, with the offer it holds. Each
+``no_offer``, exactly the value of the window a trigger opens without a task, an offer the
+contact still holds included (a second trigger within 7 days, or the frequency cap). What it
+cannot see coming is a later trigger: a cart abandoned inside the window restarts it from the
+new state, so such windows realise more than their oracle value, whatever the action. Each
 applied task's expected margins for every action are also logged
 (:meth:`World.decision_oracle`), so regret of logged decisions is measurable afterwards.
 
@@ -446,6 +448,8 @@ _CONTACT_ARRAYS: dict[str, type] = {
     "win_start": np.int32,  # decision window: first day, _NEVER if none
     "win_action": np.int8,
     "win_delivery": np.int8,  # offset of the delivery day inside the window
+    "win_offer_end": np.int8,  # offset the window's offer stops working at (exclusive)
+    "win_lift": np.float64,  # the offer's multiplier on the purchase probability
     "win_decision": np.int32,  # row in the decision table
     "win_redeemed": np.bool_,
     "trigger_day": np.int32,  # last day with a decision trigger, _NEVER if none
@@ -559,6 +563,8 @@ class World:
             "win_start": np.full(n, _NEVER),
             "win_action": np.zeros(n),
             "win_delivery": np.zeros(n),
+            "win_offer_end": np.full(n, WINDOW_DAYS),
+            "win_lift": np.ones(n),
             "win_decision": np.full(n, -1),
             "win_redeemed": np.zeros(n, dtype=bool),
             "trigger_day": np.full(n, _NEVER),
@@ -686,25 +692,51 @@ class World:
             price, perk = perk, price
         return np.where(action == ACTION_CODE["offer_a"], price, perk)
 
+    def _held_offer(self, idx: np.ndarray, day: int) -> tuple[np.ndarray, np.ndarray]:
+        """The days of a window opened on ``day`` (offsets ``start .. end-1``) on which the
+        offer of each contact's current window still works: from its delivery to the end of
+        its own window. Empty (``start == end``) for a contact outside a window."""
+        c = self.contacts
+        offset = day - c["win_start"][idx]
+        inside = (offset >= 0) & (offset < WINDOW_DAYS)
+        start = np.clip(c["win_delivery"][idx] - offset, 0, WINDOW_DAYS)
+        end = np.clip(c["win_offer_end"][idx] - offset, 0, WINDOW_DAYS)
+        return np.where(inside, start, 0), np.where(inside, end, 0)
+
     @staticmethod
-    def _window_schedule(baseline: np.ndarray, lift: np.ndarray, delivery: int) -> np.ndarray:
-        h = baseline.copy()
-        h[:, delivery:] *= lift[:, None]
-        return np.minimum(h, HAZARD_CAP)
+    def _offer_days(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Boolean (len(start), 7): the window's offsets in ``[start, end)``."""
+        k = np.arange(WINDOW_DAYS)[None, :]
+        return (k >= np.asarray(start)[:, None]) & (k < np.asarray(end)[:, None])
+
+    def _window_schedule(
+        self, baseline: np.ndarray, lift: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> np.ndarray:
+        """The frozen schedule of a window: the baseline times the offer's lift on its days,
+        capped."""
+        offer = self._offer_days(start, end)
+        return np.minimum(np.where(offer, baseline * lift[:, None], baseline), HAZARD_CAP)
 
     def _expected_revenue(
-        self, baseline: np.ndarray, lift: np.ndarray, discount: float, delivery: int, idx
+        self,
+        idx: np.ndarray,
+        baseline: np.ndarray,
+        lift: np.ndarray,
+        discount: np.ndarray,
+        start: np.ndarray,
+        end: np.ndarray,
     ) -> np.ndarray:
-        """Expected window revenue for one delivery offset: every purchase is worth the
-        contact's mean order value, the first after delivery loses ``discount``."""
-        h = self._window_schedule(baseline, lift, delivery)
+        """Expected window revenue with the offer working on offsets ``start .. end-1``:
+        every purchase is worth the contact's mean order value, the first on an offer day
+        loses ``discount`` (it redeems the offer)."""
+        h = self._window_schedule(baseline, lift, start, end)
         # Erasure is drawn every day of the window, the first day included.
         alive = (1.0 - ERASURE_RATE) ** np.arange(1, WINDOW_DAYS + 1)
         purchases = (h * alive).sum(axis=1)
-        after = h[:, delivery:]
-        none_before = np.cumprod(np.hstack([np.ones((len(h), 1)), 1.0 - after[:, :-1]]), axis=1)
-        first_after = (after * none_before * alive[delivery:]).sum(axis=1)
-        return self.contacts["order_value"][idx] * (purchases - discount * first_after)
+        on_offer = np.where(self._offer_days(start, end), h, 0.0)
+        none_before = np.cumprod(np.hstack([np.ones((len(h), 1)), 1.0 - on_offer[:, :-1]]), axis=1)
+        first = (on_offer * none_before * alive).sum(axis=1)
+        return self.contacts["order_value"][idx] * (purchases - discount * first)
 
     def expected_margin(self, ids: object, action: str, day: int | date) -> np.ndarray:
         """Oracle: expected margin of taking ``action`` for each contact on ``day``.
@@ -712,18 +744,29 @@ class World:
         In: contact indices or ``C-...`` ids, an action name, a day (index or date; the task
         is applied that day). Out: float array, revenue expected from the contact's payments
         in the 7-day window minus the action's fixed cost, computed analytically from the
-        latent state. Exact for ``day == self.day`` (the next step); for other days the
-        current stage and cart history stand in for that day's.
+        latent state. An offer's window starts with that offer; ``no_offer``'s is the window
+        a trigger opens without a task, where an offer the contact already holds keeps
+        working to the end of its own window. Exact for ``day == self.day`` (the next step);
+        for other days the current stage, cart history and windows stand in for that day's.
         """
         idx = self.index_of(ids)
         t = self.day_index(day)
         code = ACTION_CODE[action]
         baseline = self._baseline_schedule(idx, t)
+        n = len(idx)
+        if code == _NO_OFFER:
+            c = self.contacts
+            start, end = self._held_offer(idx, t)
+            unredeemed = ~c["win_redeemed"][idx] & (c["win_action"][idx] != _NO_OFFER)
+            discount = np.where(unredeemed, _DISCOUNT[c["win_action"][idx]], 0.0)
+            return self._expected_revenue(idx, baseline, c["win_lift"][idx], discount, start, end)
         lift = self._lift(idx, code, t)
+        discount = np.full(n, _DISCOUNT[code])
+        full = np.full(n, WINDOW_DAYS)
         revenue = DELIVERED_SAME_DAY * self._expected_revenue(
-            baseline, lift, _DISCOUNT[code], 0, idx
+            idx, baseline, lift, discount, np.zeros(n, dtype=int), full
         ) + (1.0 - DELIVERED_SAME_DAY) * self._expected_revenue(
-            baseline, lift, _DISCOUNT[code], 1, idx
+            idx, baseline, lift, discount, np.ones(n, dtype=int), full
         )
         return revenue - _FIXED_COST[code]
 
@@ -923,7 +966,11 @@ class World:
         pay_sec = low + (pay_u[buyers] * (_DAY_SECONDS - 2 - low)).astype(np.int64)
         amount = c["order_value"][buyers] * noise[buyers]
         # The first purchase after delivery redeems the offer of the contact's window.
-        after_delivery = in_window[buyer_pos] & (offset[buyer_pos] >= c["win_delivery"][buyers])
+        after_delivery = (
+            in_window[buyer_pos]
+            & (offset[buyer_pos] >= c["win_delivery"][buyers])
+            & (offset[buyer_pos] < c["win_offer_end"][buyers])
+        )
         redeem = (
             after_delivery & ~c["win_redeemed"][buyers] & (c["win_action"][buyers] != _NO_OFFER)
         )
@@ -984,16 +1031,36 @@ class World:
         )
 
     def _open_trigger_windows(self, t: int) -> None:
-        """Open a no-offer decision window on day ``t`` for every live contact triggered on
-        day ``t - 1`` (a cart abandoned, or the stage became opportunity) that is not inside
-        a window already: its purchase schedule is frozen from its state now, exactly as a
-        task applied today would freeze it. A task applied today replaces it."""
+        """Open a decision window on day ``t`` for every live contact triggered on day
+        ``t - 1`` (a cart abandoned, or the stage became opportunity): see
+        :meth:`_open_no_offer_windows`. A task applied today replaces it."""
         c = self.contacts
-        in_window = (t - c["win_start"] >= 0) & (t - c["win_start"] < WINDOW_DAYS)
-        idx = np.flatnonzero(c["alive"] & (c["trigger_day"] == t - 1) & ~in_window)
+        self._open_no_offer_windows(np.flatnonzero(c["alive"] & (c["trigger_day"] == t - 1)), t)
+
+    def _open_no_offer_windows(self, idx: np.ndarray, t: int) -> None:
+        """Start a window on day ``t`` without a new offer for contacts ``idx``: the purchase
+        schedule is frozen from the contact's state now (a new cart boosts it), exactly as a
+        task applied today would freeze it. An offer the contact holds from an earlier window
+        keeps working to the end of that window, and stays the one a purchase redeems."""
         if not len(idx):
             return
-        self._open_windows(idx, t, _NO_OFFER, 0, -1, self._baseline_schedule(idx, t))
+        c = self.contacts
+        start, end = self._held_offer(idx, t)
+        held = (start < end) & (c["win_action"][idx] != _NO_OFFER)
+        lift = np.where(held, c["win_lift"][idx], 1.0)
+        schedule = self._window_schedule(self._baseline_schedule(idx, t), lift, start, end)
+        redeemed = c["win_redeemed"][idx].copy()
+        self._open_windows(
+            idx,
+            t,
+            np.where(held, c["win_action"][idx], _NO_OFFER),
+            np.where(held, start, 0),
+            np.where(held, c["win_decision"][idx], -1),
+            schedule,
+            lift,
+            np.where(held, end, WINDOW_DAYS),
+        )
+        c["win_redeemed"][idx] = held & redeemed
 
     def _open_windows(
         self,
@@ -1003,13 +1070,18 @@ class World:
         delivery: np.ndarray | int,
         decision: np.ndarray | int,
         schedule: np.ndarray,
+        lift: np.ndarray | float = 1.0,
+        offer_end: np.ndarray | int = WINDOW_DAYS,
     ) -> None:
         """Start a decision window on day ``t`` for contacts ``idx``: the action, its delivery
-        offset and decision row, and the frozen purchase schedule (capped)."""
+        offset and decision row, the frozen purchase schedule (capped), and the offer's lift
+        and the offset it stops working at."""
         c = self.contacts
         c["win_start"][idx] = t
         c["win_action"][idx] = action
         c["win_delivery"][idx] = delivery
+        c["win_offer_end"][idx] = offer_end
+        c["win_lift"][idx] = lift
         c["win_decision"][idx] = decision
         c["win_redeemed"][idx] = False
         self.win_hazard[idx] = np.minimum(schedule, HAZARD_CAP).astype(np.float32)
@@ -1064,14 +1136,23 @@ class World:
         delivery = (rng.random(m) >= DELIVERED_SAME_DAY).astype(np.int8)
         baseline = self._baseline_schedule(idx, t)
         lift = self._lift(idx, code, t)
-        schedule = np.where(
-            np.arange(WINDOW_DAYS)[None, :] >= delivery[:, None], baseline * lift[:, None], baseline
-        )
+        schedule = self._window_schedule(baseline, lift, delivery, np.full(m, WINDOW_DAYS))
         # Tasks are in creation order, so for a contact with several the last one wins.
         _, last = np.unique(idx[::-1], return_index=True)
         last = m - 1 - last
-        tgt = idx[last]
-        self._open_windows(tgt, t, code[last], delivery[last], dec_index[last], schedule[last])
+        sends = code[last] != _NO_OFFER
+        last_offer = last[sends]
+        self._open_windows(
+            idx[last_offer],
+            t,
+            code[last_offer],
+            delivery[last_offer],
+            dec_index[last_offer],
+            schedule[last_offer],
+            lift[last_offer],
+        )
+        # A no_offer task sends nothing: it does not take back an offer already sent.
+        self._open_no_offer_windows(idx[last[~sends]], t)
 
         # Offer events: delivery (same day or next), open within days, click after an open.
         offer = code != _NO_OFFER
@@ -1451,13 +1532,14 @@ class World:
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
 
-        return cls(
+        contacts = part("contact__")
+        world = cls(
             seed=meta["seed"],
             start_date=date.fromisoformat(meta["start_date"]),
             drift_day=meta["drift_day"],
             n_initial=meta["n_initial"],
             day=meta["day"],
-            contacts=part("contact__"),
+            contacts=contacts,
             win_hazard=data["win_hazard"],
             decisions=part("decision__"),
             pending=part("pending__"),
@@ -1465,6 +1547,17 @@ class World:
             order_seq=meta["order_seq"],
             totals=meta["totals"],
         )
+        if "win_lift" not in contacts:  # saved before windows kept their offer's lift
+            n = len(contacts["alive"])
+            contacts["win_offer_end"] = np.full(n, WINDOW_DAYS, dtype=np.int8)
+            every, action, start = np.arange(n), contacts["win_action"], contacts["win_start"]
+            before = world._lift(every, action, -1)
+            if world.drift_day is None:
+                contacts["win_lift"] = before
+            else:
+                after = world._lift(every, action, world.drift_day)
+                contacts["win_lift"] = np.where(start >= world.drift_day, after, before)
+        return world
 
 
 class _DayEvents:
