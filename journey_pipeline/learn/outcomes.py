@@ -2,18 +2,23 @@
 
 For every live decision (``decide.decision_log``, ``mode = 'live'``, holdout included):
 
-- attribution window: ``(decided_at, decided_at + window_days]``; a payment at the very
-  instant of the decision cannot have been caused by it;
+- attribution window: ``(decided_at, decided_at + window_days]``, ending early at the
+  contact's next live decision (last touch: each payment is credited to one decision, the
+  latest before it); a payment at the very instant of the decision cannot have been caused
+  by it;
 - ``revenue``: sum of the contact's ``payment.succeeded`` amounts in the window, each order
   counted once (``order_id``, or the event id without one); ``converted``: any such payment;
 - ``delivered`` / ``opened`` / ``clicked``: ``offer.*`` events carrying the decision's id within
-  ``[decided_at, window_end]``;
+  ``[decided_at, decided_at + window_days]`` (they name their decision, so a later one does
+  not end them);
 - ``reward = revenue - fixed_cost`` of the action (:mod:`journey_pipeline.actions`); holdout
   decisions are never delivered, so they carry no cost;
 - ``lifecycle_stage``: the contact's stage at the decision (latest ``contact.*`` event at or
   before ``decided_at``), the cohort of the experiment analysis;
-- ``matured``: whether the window has closed by ``as_of`` (default: the latest event time in
-  ``raw.events``, the warehouse's own clock, so simulated and replayed worlds behave alike).
+- ``matured``: whether ``window_days`` have passed by ``as_of`` (default: the latest event
+  time in ``raw.events``, the warehouse's own clock, so simulated and replayed worlds behave
+  alike); a window a later decision ended early matures no sooner, so the newest matured
+  days are not biased towards contacts who triggered again.
 
 Outcomes are rebuilt per range of decision dates: :func:`build_outcomes` deletes and rewrites
 the decisions of ``[start_date, end_date]``, so a late payment updates an earlier day when that
@@ -50,7 +55,7 @@ CREATE TABLE IF NOT EXISTS learn.outcomes (
     expected_reward DOUBLE,                  -- the model's expected margin of the chosen action
     lifecycle_stage VARCHAR,                 -- at decided_at
     window_days     INTEGER NOT NULL,
-    window_end      TIMESTAMP NOT NULL,
+    window_end      TIMESTAMP NOT NULL,      -- early at the next live decision
     payments        INTEGER NOT NULL,
     revenue         DOUBLE NOT NULL,
     converted       BOOLEAN NOT NULL,
@@ -59,7 +64,7 @@ CREATE TABLE IF NOT EXISTS learn.outcomes (
     clicked         BOOLEAN NOT NULL,
     fixed_cost      DOUBLE,                  -- NULL for an action missing from the catalogue
     reward          DOUBLE,                  -- revenue - fixed_cost; NULL with fixed_cost
-    matured         BOOLEAN NOT NULL,        -- window closed by as_of
+    matured         BOOLEAN NOT NULL,        -- window_days passed by as_of
     as_of           TIMESTAMP NOT NULL,
     built_at        TIMESTAMP NOT NULL
 );
@@ -85,9 +90,24 @@ UNMATCHED_REASONS = (
 
 _OUTCOMES_SQL = """
 WITH costs(action, fixed_cost) AS (SELECT * FROM (VALUES {cost_rows})),
+next_decisions AS (
+    -- the contact's next live decision: a payment after it belongs to that decision's window
+    SELECT decision_id,
+           lead(decided_at) OVER (
+               PARTITION BY contact_id ORDER BY decided_at, decision_id) AS next_decided_at
+    FROM decide.decision_log
+    WHERE mode = 'live'
+      AND contact_id IN (
+          SELECT contact_id FROM decide.decision_log
+          WHERE mode = 'live' AND decision_date BETWEEN $start_date AND $end_date)
+),
 decisions AS (
-    SELECT d.*, d.decided_at + to_days($window_days) AS window_end
+    SELECT d.*,
+           d.decided_at + to_days($window_days) AS offer_window_end,
+           LEAST(d.decided_at + to_days($window_days),
+                 COALESCE(n.next_decided_at, d.decided_at + to_days($window_days))) AS window_end
     FROM decide.decision_log d
+    JOIN next_decisions n USING (decision_id)
     WHERE d.mode = 'live' AND d.decision_date BETWEEN $start_date AND $end_date
 ),
 stages AS (
@@ -129,7 +149,7 @@ engagement AS (
       ON e.decision_id = d.decision_id
      AND e.event_type LIKE 'offer.%'
      AND e.occurred_at >= d.decided_at
-     AND e.occurred_at <= d.window_end
+     AND e.occurred_at <= d.offer_window_end
     GROUP BY d.decision_id
 )
 SELECT
@@ -148,7 +168,7 @@ SELECT
     COALESCE(g.clicked, false) AS clicked,
     CASE WHEN s.holdout THEN 0.0 ELSE c.fixed_cost END AS fixed_cost,
     COALESCE(a.revenue, 0.0) - (CASE WHEN s.holdout THEN 0.0 ELSE c.fixed_cost END) AS reward,
-    s.window_end <= $as_of AS matured,
+    s.offer_window_end <= $as_of AS matured,
     $as_of AS as_of,
     $built_at AS built_at
 FROM staged s

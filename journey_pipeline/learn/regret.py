@@ -36,9 +36,11 @@ The oracle values every action as a window opened on the application day, which 
 contact's purchase schedule from its state then. Only offers become CRM tasks; a ``no_offer``
 decision (the holdout, a capped contact) is valued as the window its trigger opens, with an
 offer the contact still holds working to the end of its own window, which is what the world
-does. What the oracle cannot see is a later trigger: a cart abandoned inside the window
-restarts it from the new state, and the decision's realised reward then includes that
-boost, whatever the action. :func:`oracle_calibration` measures the gap per group of matured
+does. A new trigger inside the window restarts it from the new state, and the decision taken
+on that trigger owns the rest: ``learn.outcomes`` credits each payment to the contact's latest
+decision before it, and the oracle values a decision's window up to the application day of
+the contact's next decision (``horizon``). So realised rewards and oracle values measure the
+same days. :func:`oracle_calibration` measures the remaining gap per group of matured
 decisions (realised reward against the oracle's value of the action taken), so a report can
 say how far its yardstick is off.
 
@@ -68,7 +70,7 @@ import pandas as pd
 from journey_pipeline.actions import ACTION_NAMES, DEFAULT_ACTION
 from journey_pipeline.settings import Settings
 from journey_pipeline.sim.crm import LocalCrmStore
-from journey_pipeline.sim.world import World
+from journey_pipeline.sim.world import WINDOW_DAYS, World
 
 MARGIN_PREFIX = "margin_"
 POLICY = "policy"
@@ -273,8 +275,9 @@ def replay_oracle_margins(
 ) -> tuple[pd.DataFrame, float]:
     """Exact oracle margins for decisions that opened no CRM task, by replaying ``world``.
 
-    In: the world to evaluate; ``requests`` with columns decision_id, contact_index and day
-    (application day index, at most ``world.day``); ``decided_at`` maps decision ids of the
+    In: the world to evaluate; ``requests`` with columns decision_id, contact_index, day
+    (application day index, at most ``world.day``) and optionally horizon (the days of the
+    window that count, default all); ``decided_at`` maps decision ids of the
     applied tasks to their decision time (orders the tasks of a day as the CRM did);
     ``workdir`` for the replay's scratch files (default: a temporary directory, removed).
     Out: (frame indexed by decision_id with one ``margin_<action>`` column per action in
@@ -307,8 +310,13 @@ def replay_oracle_margins(
                 due = due_by_day.get(day)
                 if due is not None:
                     idx = due["contact_index"].to_numpy(dtype=np.int64)
+                    horizon = (
+                        due["horizon"].to_numpy(dtype=np.int64)
+                        if "horizon" in due.columns
+                        else WINDOW_DAYS
+                    )
                     margins = np.column_stack(
-                        [replica.expected_margin(idx, a, day) for a in ACTION_NAMES]
+                        [replica.expected_margin(idx, a, day, horizon) for a in ACTION_NAMES]
                     )
                     part = pd.DataFrame(margins, columns=columns, index=due["decision_id"])
                     part["alive"] = replica.contacts["alive"][idx]
@@ -402,18 +410,28 @@ def decision_margins(
         frame.loc[logged, "decision_id"], "date"
     ].to_numpy()
     frame["day"] = [world.day_index(d) for d in frame["applied_date"]]
+    # A decision's window ends where the contact's next live decision starts one (last touch,
+    # as learn.outcomes credits payments, and a trigger restarts the simulator's window):
+    # the oracle values the days before it.
+    order = frame.sort_values(["contact_index", "decided_at", "decision_id"])
+    following = order.groupby("contact_index")["day"].shift(-1)
+    frame["horizon"] = (
+        (following - order["day"]).clip(0, WINDOW_DAYS).fillna(WINDOW_DAYS).astype(np.int64)
+    )
     before = frame["day"] < 0
     excluded["before_world_start"] = int(before.sum())
     future = frame["day"] > world.day
     excluded["not_yet_applied"] = int(future.sum())
     frame = frame[~before & ~future].reset_index(drop=True)
+    full = frame["horizon"] >= WINDOW_DAYS
 
     columns = _margin_columns(ACTION_NAMES)
     values = pd.DataFrame(np.nan, index=frame["decision_id"], columns=columns)
     source = pd.Series("", index=frame["decision_id"], dtype=object)
     alive = pd.Series(True, index=frame["decision_id"])
 
-    from_log = frame.loc[frame["decision_id"].isin(applied.index), "decision_id"]
+    # Logged and given values cover the whole window; shortened windows are replayed.
+    from_log = frame.loc[frame["decision_id"].isin(applied.index) & full, "decision_id"]
     if len(from_log):
         values.loc[from_log, columns] = applied.loc[
             from_log, [f"expected_margin_{a}" for a in ACTION_NAMES]
@@ -421,7 +439,7 @@ def decision_margins(
         source.loc[from_log] = "applied_task"
     if oracle_margins is not None and len(oracle_margins):
         given = frame["decision_id"][
-            frame["decision_id"].isin(oracle_margins.index) & (source.to_numpy() == "")
+            frame["decision_id"].isin(oracle_margins.index) & full & (source.to_numpy() == "")
         ]
         values.loc[given, columns] = oracle_margins.loc[given, columns].to_numpy()
         source.loc[given] = "given"
@@ -430,7 +448,10 @@ def decision_margins(
     if len(today):
         idx = today["contact_index"].to_numpy()
         values.loc[today["decision_id"], columns] = np.column_stack(
-            [world.expected_margin(idx, a, world.day) for a in ACTION_NAMES]
+            [
+                world.expected_margin(idx, a, world.day, today["horizon"].to_numpy())
+                for a in ACTION_NAMES
+            ]
         )
         alive.loc[today["decision_id"]] = world.contacts["alive"][idx]
         source.loc[today["decision_id"]] = "world"
@@ -440,7 +461,7 @@ def decision_margins(
         decided_by_id = dict(zip(frame["decision_id"], frame["decided_at"], strict=True))
         replayed, replay_error = replay_oracle_margins(
             world,
-            past[["decision_id", "contact_index", "day"]],
+            past[["decision_id", "contact_index", "day", "horizon"]],
             decided_at=decided_by_id,
             workdir=workdir,
         )
@@ -618,9 +639,7 @@ def oracle_calibration(decisions: pd.DataFrame, outcomes: pd.DataFrame) -> pd.Da
     matured). Groups: ``holdout``, else ``<action> (<rule>)``. Out: one row per group with
     ``decisions``, ``realised`` and ``oracle`` (mean per decision), ``gap`` (realised -
     oracle), ``se`` (standard error of the realised mean) and ``z`` (gap / se). A gap many
-    standard errors from 0 means the oracle is not the world's expectation for that group
-    (for instance contacts who trigger again, and so restart their window, more often than
-    others).
+    standard errors from 0 means the oracle is not the world's expectation for that group.
     """
     matured = outcomes.loc[
         outcomes["matured"].astype(bool) & outcomes["reward"].notna(), ["decision_id", "reward"]

@@ -83,9 +83,10 @@ the delivery delay and the daily erasure probability integrated out. It uses the
 state as it is now (stage, last cart); for the day about to be simulated
 (``day == world.day``) it is exactly the value of a task applied in the next step, and, for
 ``no_offer``, exactly the value of the window a trigger opens without a task, an offer the
-contact still holds included (a second trigger within 7 days, or the frequency cap). What it
-cannot see coming is a later trigger: a cart abandoned inside the window restarts it from the
-new state, so such windows realise more than their oracle value, whatever the action. Each
+contact still holds included (a second trigger within 7 days, or the frequency cap). A later
+trigger restarts the window from the new state, and the decision it brings owns the days from
+then on: ``horizon`` counts a decision's days up to the contact's next decision, as the
+outcomes credit each payment to the latest decision before it. Each
 applied task's expected margins for every action are also logged
 (:meth:`World.decision_oracle`), so regret of logged decisions is measurable afterwards.
 
@@ -725,26 +726,31 @@ class World:
         discount: np.ndarray,
         start: np.ndarray,
         end: np.ndarray,
+        horizon: np.ndarray,
     ) -> np.ndarray:
-        """Expected window revenue with the offer working on offsets ``start .. end-1``:
-        every purchase is worth the contact's mean order value, the first on an offer day
-        loses ``discount`` (it redeems the offer)."""
+        """Expected revenue of the window's first ``horizon`` days with the offer working on
+        offsets ``start .. end-1``: every purchase is worth the contact's mean order value,
+        the first on an offer day loses ``discount`` (it redeems the offer)."""
         h = self._window_schedule(baseline, lift, start, end)
         # Erasure is drawn every day of the window, the first day included.
         alive = (1.0 - ERASURE_RATE) ** np.arange(1, WINDOW_DAYS + 1)
-        purchases = (h * alive).sum(axis=1)
+        counted = alive * (np.arange(WINDOW_DAYS)[None, :] < horizon[:, None])
+        purchases = (h * counted).sum(axis=1)
         on_offer = np.where(self._offer_days(start, end), h, 0.0)
         none_before = np.cumprod(np.hstack([np.ones((len(h), 1)), 1.0 - on_offer[:, :-1]]), axis=1)
-        first = (on_offer * none_before * alive).sum(axis=1)
+        first = (on_offer * none_before * counted).sum(axis=1)
         return self.contacts["order_value"][idx] * (purchases - discount * first)
 
-    def expected_margin(self, ids: object, action: str, day: int | date) -> np.ndarray:
+    def expected_margin(
+        self, ids: object, action: str, day: int | date, horizon: object = WINDOW_DAYS
+    ) -> np.ndarray:
         """Oracle: expected margin of taking ``action`` for each contact on ``day``.
 
         In: contact indices or ``C-...`` ids, an action name, a day (index or date; the task
-        is applied that day). Out: float array, revenue expected from the contact's payments
-        in the 7-day window minus the action's fixed cost, computed analytically from the
-        latent state. An offer's window starts with that offer; ``no_offer``'s is the window
+        is applied that day) and the days of the window that count (a number, or one per
+        contact: a decision's window ends where the contact's next decision starts a new
+        one). Out: float array, revenue expected from the contact's payments in those days
+        minus the action's fixed cost, computed analytically from the latent state. An offer's window starts with that offer; ``no_offer``'s is the window
         a trigger opens without a task, where an offer the contact already holds keeps
         working to the end of its own window. Exact for ``day == self.day`` (the next step);
         for other days the current stage, cart history and windows stand in for that day's.
@@ -754,19 +760,22 @@ class World:
         code = ACTION_CODE[action]
         baseline = self._baseline_schedule(idx, t)
         n = len(idx)
+        days = np.broadcast_to(np.asarray(horizon), (n,))
         if code == _NO_OFFER:
             c = self.contacts
             start, end = self._held_offer(idx, t)
             unredeemed = ~c["win_redeemed"][idx] & (c["win_action"][idx] != _NO_OFFER)
             discount = np.where(unredeemed, _DISCOUNT[c["win_action"][idx]], 0.0)
-            return self._expected_revenue(idx, baseline, c["win_lift"][idx], discount, start, end)
+            return self._expected_revenue(
+                idx, baseline, c["win_lift"][idx], discount, start, end, days
+            )
         lift = self._lift(idx, code, t)
         discount = np.full(n, _DISCOUNT[code])
         full = np.full(n, WINDOW_DAYS)
         revenue = DELIVERED_SAME_DAY * self._expected_revenue(
-            idx, baseline, lift, discount, np.zeros(n, dtype=int), full
+            idx, baseline, lift, discount, np.zeros(n, dtype=int), full, days
         ) + (1.0 - DELIVERED_SAME_DAY) * self._expected_revenue(
-            idx, baseline, lift, discount, np.ones(n, dtype=int), full
+            idx, baseline, lift, discount, np.ones(n, dtype=int), full, days
         )
         return revenue - _FIXED_COST[code]
 

@@ -157,6 +157,28 @@ def test_attribution_window_edges_costs_and_cohort(con):
     assert report.reward == pytest.approx(95.0)
 
 
+def test_a_later_decision_ends_the_window_and_takes_the_payments_after_it(con):
+    """Last touch: each payment is credited to one decision, the contact's latest live one
+    before it. Offer events name their decision and stay with it; a shadow decision ends
+    nothing; the shortened window matures no sooner."""
+    day = dt.timedelta(days=1)
+    add_decision(con, "D8", "C1", T0 + 3 * day, "no_offer", rules=["frequency_cap"])
+    add_decision(con, "D9", "C1", T0 + 2 * day, "offer_a", mode="shadow")
+    add_event(con, "p6", "payment.succeeded", T0 + 3 * day, "C1", amount=8.0, order_id="o6")
+    add_event(con, "e7", "offer.opened", T0 + 4 * day, "C1", decision_id="D1")
+    build_outcomes(con, "2026-01-05", "2026-01-08", window_days=7, as_of=T0 + 9 * day)
+    outcomes = by_id(load_outcomes(con))
+    d1, d8 = outcomes.loc["D1"], outcomes.loc["D8"]
+    assert d1["window_end"] == T0 + 3 * day
+    # 30 (+1 d) and 8 at the very instant of D8 (not caused by D8): D1's; 20 and 99 after
+    # seven days: D8's.
+    assert (d1["revenue"], d1["payments"]) == (38.0, 2)
+    assert (d8["revenue"], d8["payments"]) == (119.0, 2)
+    assert bool(d1["opened"])
+    assert bool(d1["matured"]) and not bool(d8["matured"])
+    assert "D9" not in outcomes.index
+
+
 def test_uncreditable_offer_events_are_counted_and_kept(con):
     report = build_outcomes(con, "2026-01-05", "2026-01-06")
     assert report.unmatched_by_reason == {
@@ -246,4 +268,6 @@ def test_the_reward_models_learn_from_live_matured_decisions_of_the_policy(con):
     labelled = labelled_decisions(con)
     # Not the holdout (D2), not a shadow (D3), not a fallback (D7); a rule-forced one (D5) stays.
     assert labelled["decision_id"].tolist() == ["D1", "D4", "D5"]
-    assert labelled.loc[0, "reward"] == pytest.approx(45.0)
+    # C1's next decision (D5, two days later) takes the payments after it.
+    assert labelled.loc[0, "reward"] == pytest.approx(25.0)
+    assert labelled.loc[2, "reward"] == pytest.approx(119.0)

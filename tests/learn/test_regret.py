@@ -24,6 +24,7 @@ from journey_pipeline.learn.regret import (
     UNIFORM,
     OracleReplayError,
     RegretReport,
+    decision_margins,
     load_regret_report,
     oracle_calibration,
     plot_cumulative,
@@ -65,19 +66,22 @@ def random_policy(ids: list[str], margins: pd.DataFrame, rng: np.random.Generato
 def run_world(
     base: Path, policy: Policy, seed: int = 5
 ) -> tuple[World, pd.DataFrame, pd.DataFrame]:
-    """Simulate ``DAYS`` days deciding with ``policy`` for random active contacts each day (the
-    first day has no decisions: the CRM is empty until it is synced).
+    """Simulate ``DAYS`` days deciding with ``policy`` for random active contacts each day,
+    each contact at most once, so every decision owns its whole window (the first day has no
+    decisions: the CRM is empty until it is synced).
 
     Out: (the world after the run, the decision log, the oracle margins recorded at decision
     time, indexed by decision_id, one column per action)."""
     world = World.create(CONTACTS, seed, START)
     rng = np.random.default_rng(seed)
     log_rows, truth_parts = [], []
+    decided = np.zeros(0, dtype=np.int64)
     with LocalCrmStore(base / "crm.db") as crm:
         for day in range(DAYS):
             if day:
-                active = world.active_contacts()
+                active = np.setdiff1d(world.active_contacts(), decided)
                 picked = rng.choice(active, size=TRIGGERED_PER_DAY, replace=False)
+                decided = np.concatenate([decided, picked])
                 ids = world.contact_ids(picked)
                 margins = world.expected_margins(picked, day)
                 actions = policy(ids, margins, rng)
@@ -126,6 +130,64 @@ def random_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("random_run")
     world, log, truth = run_world(base, random_policy)
     return world, log, truth, policy_regret(log, world, workdir=base)
+
+
+def test_a_later_decision_shortens_the_window_the_oracle_values(tmp_path):
+    """Each payment belongs to the contact's latest decision before it (as learn.outcomes
+    credits it), so a decision's value counts the days up to the contact's next decision."""
+    world = World.create(CONTACTS, 3, START)
+    rng = np.random.default_rng(3)
+    rows, whole, two_days = [], {}, {}
+    first: np.ndarray | None = None
+    with LocalCrmStore(tmp_path / "crm.db") as crm:
+        for day in range(5):
+            if day in (1, 3):
+                active = world.active_contacts()
+                picked = (
+                    rng.choice(active, size=200, replace=False)
+                    if first is None
+                    else np.intersect1d(first, active)[:100]
+                )
+                ids = world.contact_ids(picked)
+                decision_ids = [f"d-{day}-{cid}" for cid in ids]
+                if first is None:
+                    first = picked
+                    whole.update(
+                        zip(
+                            ids,
+                            world.expected_margins(picked, day).to_numpy().tolist(),
+                            strict=True,
+                        )
+                    )
+                    by_action = [world.expected_margin(picked, a, day, 2) for a in ACTION_NAMES]
+                    two_days.update(zip(ids, np.column_stack(by_action).tolist(), strict=True))
+                decided_at = datetime.combine(START + timedelta(days=day), datetime.min.time())
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "decision_id": decision_ids,
+                            "contact_id": ids,
+                            "decided_at": decided_at,
+                            "mode": "live",
+                            "action": "no_offer",
+                            "holdout": False,
+                        }
+                    )
+                )
+            world.step(crm, tmp_path / "landing")
+    log = pd.concat(rows, ignore_index=True)
+    margins = decision_margins(log, world, workdir=tmp_path)[0].set_index("decision_id")
+    again = set(log.loc[log["decision_id"].str.startswith("d-3-"), "contact_id"])
+    assert len(again) > 50
+    columns = [f"margin_{a}" for a in ACTION_NAMES]
+    first_day = margins[margins.index.str.startswith("d-1-")]
+    assert len(first_day) == 200
+    for _, row in first_day.iterrows():
+        contact = row["contact_id"]
+        # Whole window for a contact decided once; two days for one decided again on day 3.
+        expected = two_days[contact] if contact in again else whole[contact]
+        np.testing.assert_allclose(row[columns].to_numpy(float), expected, rtol=1e-9)
+        assert not np.allclose(two_days[contact], whole[contact])
 
 
 def test_oracle_policy_has_zero_regret(oracle_run):
