@@ -40,9 +40,11 @@ does. A new trigger inside the window restarts it from the new state, and the de
 on that trigger owns the rest: ``learn.outcomes`` credits each payment to the contact's latest
 decision before it, and the oracle values a decision's window up to the application day of
 the contact's next decision (``horizon``). So realised rewards and oracle values measure the
-same days. :func:`oracle_calibration` measures the remaining gap per group of matured
-decisions (realised reward against the oracle's value of the action taken), so a report can
-say how far its yardstick is off.
+same days. The horizon is the one the action taken led to: another action could have moved
+the next trigger (a purchase changes the contact's stage and so its cart rate), and the
+actions not taken are valued over the same days. :func:`oracle_calibration` measures the
+remaining gap per group of matured decisions (realised reward against the oracle's value of
+the action taken), so a report can say how far its yardstick is off.
 
 Realised outcomes, for honesty
 ------------------------------
