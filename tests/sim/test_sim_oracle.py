@@ -128,6 +128,18 @@ def test_expected_margin_matches_realised_mean(policy_runs, policy):
     assert residual.mean() > 4 * se, (residual.mean(), se)
 
 
+def test_the_action_taken_hardly_moves_the_days_a_decision_owns(policy_runs):
+    """The oracle values the actions not taken over the days the taken one led to (up to the
+    next trigger). An action can move that trigger (a purchase changes the stage, and so the
+    cart rate), but with the world's common random numbers it rarely does, and the offers'
+    values against no_offer hardly change."""
+    _, _, _, _, owned = policy_runs
+    horizons = {p: horizon for p, (_, _, horizon) in owned.items()}
+    for action in ("offer_a", "offer_b", "uniform_random"):
+        assert (horizons[action] != horizons["no_offer"]).mean() < 0.01
+    assert (horizons["no_offer"] < WINDOW_DAYS).mean() > 0.05
+
+
 def test_triggered_contact_without_a_task_realises_the_no_offer_value(tmp_path):
     """A decision that sends nothing (no_offer, the holdout) opens no CRM task; the trigger's
     own window freezes the contact's schedule, so the oracle's no_offer value is the world's
