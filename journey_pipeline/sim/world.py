@@ -750,9 +750,10 @@ class World:
         is applied that day) and the days of the window that count (a number, or one per
         contact: a decision's window ends where the contact's next decision starts a new
         one). Out: float array, revenue expected from the contact's payments in those days
-        minus the action's fixed cost, computed analytically from the latent state. An offer's window starts with that offer; ``no_offer``'s is the window
-        a trigger opens without a task, where an offer the contact already holds keeps
-        working to the end of its own window. Exact for ``day == self.day`` (the next step);
+        minus the action's fixed cost, computed analytically from the latent state. An
+        offer's window starts with that offer; ``no_offer``'s is the window a trigger opens
+        without a task, where an offer the contact already holds keeps working to the end of
+        its own window. Exact for ``day == self.day`` (the next step);
         for other days the current stage, cart history and windows stand in for that day's.
         """
         idx = self.index_of(ids)
@@ -1058,7 +1059,6 @@ class World:
         held = (start < end) & (c["win_action"][idx] != _NO_OFFER)
         lift = np.where(held, c["win_lift"][idx], 1.0)
         schedule = self._window_schedule(self._baseline_schedule(idx, t), lift, start, end)
-        redeemed = c["win_redeemed"][idx].copy()
         self._open_windows(
             idx,
             t,
@@ -1068,8 +1068,8 @@ class World:
             schedule,
             lift,
             np.where(held, end, WINDOW_DAYS),
+            held & c["win_redeemed"][idx],
         )
-        c["win_redeemed"][idx] = held & redeemed
 
     def _open_windows(
         self,
@@ -1081,10 +1081,11 @@ class World:
         schedule: np.ndarray,
         lift: np.ndarray | float = 1.0,
         offer_end: np.ndarray | int = WINDOW_DAYS,
+        redeemed: np.ndarray | bool = False,
     ) -> None:
         """Start a decision window on day ``t`` for contacts ``idx``: the action, its delivery
-        offset and decision row, the frozen purchase schedule (capped), and the offer's lift
-        and the offset it stops working at."""
+        offset and decision row, the frozen purchase schedule (capped), the offer's lift, the
+        offset it stops working at and whether a purchase has redeemed it."""
         c = self.contacts
         c["win_start"][idx] = t
         c["win_action"][idx] = action
@@ -1092,7 +1093,7 @@ class World:
         c["win_offer_end"][idx] = offer_end
         c["win_lift"][idx] = lift
         c["win_decision"][idx] = decision
-        c["win_redeemed"][idx] = False
+        c["win_redeemed"][idx] = redeemed
         self.win_hazard[idx] = np.minimum(schedule, HAZARD_CAP).astype(np.float32)
 
     def _apply_tasks(self, crm: LocalCrmStore, t: int, cutoff: str) -> tuple[list, list]:
