@@ -65,7 +65,7 @@ there is none). A decision applied on day ``t0`` freezes this schedule for days
 contact's *lift* for the action (capped at 0.9):
 
 - regime before drift: ``lift(offer_a) = (1 + 1.2 * price_sensitivity**1.5) * (1 - 0.6 * annoyance)``,
-  ``lift(offer_b) = (1 + 1.0 * perk_affinity**1.5) * (1 - 0.6 * annoyance)``, ``lift(no_offer) = 1``;
+  ``lift(offer_b) = (1 + 1.4 * perk_affinity**1.5) * (1 - 0.6 * annoyance)``, ``lift(no_offer) = 1``;
 - from ``drift_day`` on, the roles swap: offer_a works on perk lovers and offer_b on price
   sensitive contacts; new contacts arrive three times as fast and 40% of them are price
   sensitive; browsing and cart abandonment rise by 25%.
