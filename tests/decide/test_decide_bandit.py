@@ -297,7 +297,8 @@ def test_pooled_baseline_finds_small_effects_under_a_large_noisy_baseline():
     incremental = fresh_truth - fresh_truth[:, [0]]
 
     def value(shared: bool) -> float:
-        bandit = ContextualBandit(ACTION_NAMES, seed=0, shared_baseline=shared)
+        # Without pessimism: this compares the estimates themselves.
+        bandit = ContextualBandit(ACTION_NAMES, seed=0, shared_baseline=shared, pessimism=0.0)
         bandit.update(contexts, actions, np.full(len(contexts), 1 / 3), rewards)
         probabilities = bandit.action_probabilities(fresh).to_numpy()
         return float((probabilities * incremental).sum(axis=1).mean())
@@ -376,3 +377,65 @@ def test_an_effect_the_same_for_every_contact_is_learned_with_a_pooled_baseline(
     gap = expected["offer_b"] - expected[["no_offer", "offer_a"]].max(axis=1)
     assert (gap > 80).all()
     assert (bandit.decide(fresh)["action"] == "offer_b").mean() > 0.9
+
+
+def _effect_world(n: int, seed: int, effect_a) -> tuple[pd.DataFrame, np.ndarray]:
+    """A large spending baseline no action changes, ``effect_a(flag)`` for offer_a and a loss of
+    2 for offer_b. Out: (contexts, true margins (n, |A|))."""
+    rng = np.random.default_rng(seed)
+    contexts = pd.DataFrame(
+        {"spend": rng.gamma(2.0, 30.0, n), "flag": rng.normal(size=n), "other": rng.normal(size=n)}
+    )
+    baseline = contexts["spend"].to_numpy()
+    effect = effect_a(contexts["flag"].to_numpy())
+    return contexts, np.column_stack([baseline, baseline + effect, baseline - 2.0])
+
+
+def _pessimism_values(effect_a) -> dict[float, tuple[float, np.ndarray, float]]:
+    """Bandits with and without pessimism trained on 3,000 uniformly logged, noisy margins of
+    ``_effect_world``; out per pessimism: (value per decision over no_offer on fresh contacts,
+    mean action probabilities, P(offer_a) where flag > 0)."""
+    contexts, truth = _effect_world(3_000, 0, effect_a)
+    rng = np.random.default_rng(1)
+    logged = rng.integers(0, 3, len(contexts))
+    rewards = truth[np.arange(len(contexts)), logged] + rng.normal(0.0, 15.0, len(contexts))
+    actions = np.asarray(ACTION_NAMES, dtype=object)[logged]
+    fresh, fresh_truth = _effect_world(4_000, 2, effect_a)
+    incremental = fresh_truth - fresh_truth[:, [0]]
+    flagged = fresh["flag"].to_numpy() > 0
+    out = {}
+    for pessimism in (0.0, 1.5):
+        bandit = ContextualBandit(ACTION_NAMES, seed=0, pessimism=pessimism)
+        bandit.update(contexts, actions, np.full(len(contexts), 1 / 3), rewards)
+        probabilities = bandit.action_probabilities(fresh).to_numpy()
+        out[pessimism] = (
+            float((probabilities * incremental).sum(axis=1).mean()),
+            probabilities.mean(axis=0),
+            float(probabilities[flagged, 1].mean()),
+        )
+    return out
+
+
+def test_pessimism_keeps_noise_from_sending_offers_that_lose_money():
+    # Both offers lose money for everybody; with noise the argmax still finds contacts where
+    # an offer's estimate came out highest.
+    values = _pessimism_values(lambda flag: np.full(len(flag), -1.0))
+    (plain, plain_mix, _), (pessimistic, pessimistic_mix, _) = values[0.0], values[1.5]
+    assert plain_mix[0] < 0.6  # half the contacts get an offer that loses
+    assert pessimistic_mix[0] > 0.8
+    assert pessimistic > plain + 0.3  # -0.1 against -0.6 per decision
+
+
+def test_pessimism_still_takes_a_clear_effect():
+    # offer_a earns 10 where flag > 0: the ensemble is sure of that, and pessimism keeps it.
+    values = _pessimism_values(lambda flag: np.where(flag > 0, 10.0, -4.0))
+    (plain, _, _), (pessimistic, _, flagged_a) = values[0.0], values[1.5]
+    assert flagged_a > 0.6
+    assert pessimistic > 0.85 * plain
+
+
+def test_pessimism_and_control_action_are_checked():
+    with pytest.raises(ValueError, match="pessimism"):
+        ContextualBandit(ACTION_NAMES, pessimism=-1.0)
+    with pytest.raises(ValueError, match="control_action"):
+        ContextualBandit(ACTION_NAMES, control_action="offer_z")
