@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from journey_pipeline.decide import control, registry
+from journey_pipeline.decide.bandit import DEFAULT_PESSIMISM
 from journey_pipeline.decide.reward_model import TrainingConfig, train_reward_models
 from journey_pipeline.decide.scoring import day_triggers, labelled_decisions, score_day
 from journey_pipeline.features.contract import MODEL_FEATURES
@@ -88,6 +89,14 @@ class TrainingAssetConfig(dg.Config):
         ),
     )
     num_boost_round: int = Field(default=100, description="LightGBM boosting rounds.")
+    pessimism: float = Field(
+        default=DEFAULT_PESSIMISM,
+        description=(
+            "Standard deviations of the ensemble's estimate of an action's advantage over "
+            "no_offer taken off its value before choosing: an offer is sent where the model is "
+            "confident it pays, not merely where its noisy estimate is highest; 0 turns it off."
+        ),
+    )
     seed: int = 0
 
 
@@ -133,6 +142,7 @@ def reward_model(
             crossfit_folds=config.crossfit_folds,
             num_boost_round=config.num_boost_round,
             seed=config.seed,
+            bandit_options={**TrainingConfig().bandit_options, "pessimism": config.pessimism},
         ),
         champion=champion,
         champion_trained_until=registry.trained_until(champion_version, settings),

@@ -165,6 +165,10 @@ REWARD_MODELS = ("two_part", "regression")
 # (the margin of a contact who bought nothing: minus the action's cost).
 FLOOR_SHARE = 0.2
 
+# Standard deviations of the members' estimates of an action's advantage over the control
+# action taken off its value before the argmax (see the module docstring).
+DEFAULT_PESSIMISM = 1.5
+
 # Up to this many rows, the ensemble is predicted by its stacked model (one LightGBM call).
 STACKED_MAX_ROWS = 256
 
@@ -340,7 +344,7 @@ class ContextualBandit:
         reward_model: str = "two_part",
         conversion_params: dict[str, Any] | None = None,
         value_params: dict[str, Any] | None = None,
-        pessimism: float = 1.5,
+        pessimism: float = DEFAULT_PESSIMISM,
         control_action: str | None = None,
     ) -> None:
         actions = list(actions)

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from journey_pipeline.actions import ACTION_NAMES
-from journey_pipeline.decide.bandit import ContextualBandit
+from journey_pipeline.decide.bandit import DEFAULT_PESSIMISM, ContextualBandit
 from journey_pipeline.features.contract import MODEL_FEATURES
 
 TRAINING_COLUMNS = [
@@ -208,7 +208,9 @@ class TrainingConfig:
     min_regime_rows: int = 1000
     num_boost_round: int = 100
     seed: int = 0
-    bandit_options: dict[str, Any] = field(default_factory=lambda: {"min_observations": 200})
+    bandit_options: dict[str, Any] = field(
+        default_factory=lambda: {"min_observations": 200, "pessimism": DEFAULT_PESSIMISM}
+    )
     min_validation_rows: int = 50
 
     def as_params(self) -> dict[str, Any]:
