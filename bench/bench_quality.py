@@ -35,7 +35,7 @@ margin (a ratio to a loss means nothing). Plots of the cumulative incremental ma
 the regret are saved as PNG.
 
 Usage: ``python bench/bench_quality.py [--quick] [--days N] [--contacts N] [--seed S] [--drift-day D]
-[--retrain-every N] [--validation-days D] [--engine plain|dagster] [--home DIR] [--out DIR]
+[--retrain-every N] [--validation-days D] [--pessimism K] [--engine plain|dagster] [--home DIR] [--out DIR]
 [--keep]``; ``--home`` evaluates the run
 already in that JOURNEY_HOME instead of running the loop.
 """
@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from journey_pipeline.actions import ACTION_NAMES
+from journey_pipeline.decide.bandit import DEFAULT_PESSIMISM
 from journey_pipeline.features.contract import ENTITY_KEY, MODEL_FEATURES
 from journey_pipeline.learn.regret import (
     BANDIT_RULE,
@@ -145,7 +146,9 @@ def _dbt_build(settings: Settings, day: date) -> None:
         )
 
 
-def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str, Any]:
+def _retrain(
+    settings: Settings, seed: int, validation_days: float, pessimism: float
+) -> dict[str, Any]:
     """Retrain as the retrain job does: reward models on matured outcomes through the Feast
     training set, a challenger in MLflow, promoted only if the promotion gate passes."""
     from journey_pipeline.decide import registry
@@ -176,6 +179,7 @@ def _retrain(settings: Settings, seed: int, validation_days: float) -> dict[str,
                 regime_start=drift_history_onset(settings.reports_dir),
                 num_boost_round=100,
                 seed=seed,
+                bandit_options={**TrainingConfig().bandit_options, "pessimism": pessimism},
             ),
             champion=champion,
             champion_trained_until=registry.trained_until(champion_version, settings),
@@ -214,6 +218,7 @@ def run_loop_plain(
     validation_days: float = VALIDATION_DAYS,
     retrain_every: int = RETRAIN_EVERY,
     drift_day: int | None = None,
+    pessimism: float = DEFAULT_PESSIMISM,
 ) -> dict[str, Any]:
     """The same loop without Dagster, calling the functions its assets wrap: simulate a day,
     ingest its events, one dbt build, Feast registry and online materialization, decisions
@@ -274,7 +279,9 @@ def run_loop_plain(
         timed("drift", t)
         if (index + 1) % retrain_every == 0:
             t = time.perf_counter()
-            retrains.append({"day": day.isoformat(), **_retrain(settings, seed, validation_days)})
+            retrains.append(
+                {"day": day.isoformat(), **_retrain(settings, seed, validation_days, pessimism)}
+            )
             timed("retrain", t)
     return {"engine": "plain", "seconds_by_stage": seconds, "retrains": retrains}
 
@@ -742,6 +749,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reported per week around it",
     )
     parser.add_argument(
+        "--pessimism",
+        type=float,
+        default=DEFAULT_PESSIMISM,
+        help="the bandit's pessimism in every retrain (plain engine); 0 turns it off",
+    )
+    parser.add_argument(
         "--engine",
         choices=["plain", "dagster"],
         default="plain",
@@ -770,6 +783,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.validation_days,
                     args.retrain_every,
                     args.drift_day,
+                    args.pessimism,
                 )
             else:
                 loop_summary = run_loop_dagster(scratch / "home", days, contacts, args.seed)
@@ -790,6 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "contacts": contacts if args.home is None else None,
             "seed": args.seed,
             "drift_day": args.drift_day,
+            "pessimism": args.pessimism if args.home is None else None,
             "home": str(args.home or (scratch / "home" if scratch else "")),
         }
     )
