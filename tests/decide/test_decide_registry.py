@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from journey_pipeline.decide import registry
+from journey_pipeline.decide.bandit import DEFAULT_PESSIMISM
 from journey_pipeline.decide.reward_model import (
     TrainingConfig,
     evaluate_policy,
@@ -384,3 +385,13 @@ def test_mlflow_run_aliases_promotion_and_rollback(results, journey_home):
     assert tags["restored_by"] == "oncall"
     with pytest.raises(ValueError, match="no previous champion"):
         registry.rollback(who="oncall", why="again")
+
+
+def test_the_retrain_passes_its_pessimism_to_the_policy_and_logs_it():
+    frame = synthetic_training_frame(3_000, seed=8)
+    default = TrainingConfig(validation_days=3.0, num_boost_round=20)
+    assert default.as_params()["bandit_pessimism"] == DEFAULT_PESSIMISM > 0
+    plain = replace(default, bandit_options={**default.bandit_options, "pessimism": 0.0})
+    assert plain.as_params()["bandit_pessimism"] == 0.0
+    assert train_reward_models(frame, default).bandit.pessimism == DEFAULT_PESSIMISM
+    assert train_reward_models(frame, plain).bandit.pessimism == 0.0
