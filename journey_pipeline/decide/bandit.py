@@ -27,7 +27,9 @@ Thompson sampling over a bootstrap ensemble, mixed with epsilon-uniform explorat
   where the ensemble is confident it beats doing nothing, not merely where its estimate is
   highest: the argmax over noisy estimates picks the actions whose errors happened to be
   positive (the optimizer's curse), and with offers that lose money for most contacts that
-  is a steady loss. The penalty shrinks as the data grows and the members agree.
+  is a steady loss. The penalty shrinks as the data grows and the members agree. It costs
+  learning: fewer offers are sent, so their effects are learnt more slowly (the README's
+  decision-quality section measures both sides with ``bench/bench_quality.py``).
 
 Because the members' argmaxes are all computed, the probability of every action is known
 exactly, never estimated::
