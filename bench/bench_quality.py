@@ -34,9 +34,9 @@ difference to every baseline and the ratio policy / baseline where the baseline 
 margin (a ratio to a loss means nothing). Plots of the cumulative incremental margin and of
 the regret are saved as PNG.
 
-Usage: ``python bench/bench_quality.py [--quick] [--days N] [--contacts N] [--seed S] [--drift-day D]
-[--retrain-every N] [--validation-days D] [--pessimism K] [--engine plain|dagster] [--home DIR] [--out DIR]
-[--keep]``; ``--home`` evaluates the run
+Usage: ``python bench/bench_quality.py [--quick] [--days N] [--contacts N] [--seed S]
+[--drift-day D] [--retrain-every N] [--validation-days D] [--pessimism K]
+[--engine plain|dagster] [--home DIR] [--out DIR] [--keep]``; ``--home`` evaluates the run
 already in that JOURNEY_HOME instead of running the loop.
 """
 
