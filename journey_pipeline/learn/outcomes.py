@@ -104,8 +104,8 @@ next_decisions AS (
 decisions AS (
     SELECT d.*,
            d.decided_at + to_days($window_days) AS offer_window_end,
-           LEAST(d.decided_at + to_days($window_days),
-                 COALESCE(n.next_decided_at, d.decided_at + to_days($window_days))) AS window_end
+           -- LEAST skips a NULL: without a next decision the window runs its full length
+           LEAST(d.decided_at + to_days($window_days), n.next_decided_at) AS window_end
     FROM decide.decision_log d
     JOIN next_decisions n USING (decision_id)
     WHERE d.mode = 'live' AND d.decision_date BETWEEN $start_date AND $end_date

@@ -278,8 +278,8 @@ def replay_oracle_margins(
     """Exact oracle margins for decisions that opened no CRM task, by replaying ``world``.
 
     In: the world to evaluate; ``requests`` with columns decision_id, contact_index, day
-    (application day index, at most ``world.day``) and optionally horizon (the days of the
-    window that count, default all); ``decided_at`` maps decision ids of the
+    (application day index, at most ``world.day``) and horizon (the days of the window that
+    count); ``decided_at`` maps decision ids of the
     applied tasks to their decision time (orders the tasks of a day as the CRM did);
     ``workdir`` for the replay's scratch files (default: a temporary directory, removed).
     Out: (frame indexed by decision_id with one ``margin_<action>`` column per action in
@@ -312,11 +312,7 @@ def replay_oracle_margins(
                 due = due_by_day.get(day)
                 if due is not None:
                     idx = due["contact_index"].to_numpy(dtype=np.int64)
-                    horizon = (
-                        due["horizon"].to_numpy(dtype=np.int64)
-                        if "horizon" in due.columns
-                        else WINDOW_DAYS
-                    )
+                    horizon = due["horizon"].to_numpy(dtype=np.int64)
                     margins = np.column_stack(
                         [replica.expected_margin(idx, a, day, horizon) for a in ACTION_NAMES]
                     )
